@@ -1,0 +1,124 @@
+"""The model registry, kept in the store.
+
+``models/<model>/versions/<version>/`` holds immutable blobs and ``card.json`` (written last,
+create-only). ``models/<model>/aliases/<alias>.json`` points at a version and moves only by
+compare-and-swap; every attempted move is appended to ``models/<model>/audit/``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import secrets
+from pathlib import Path
+
+from components._shared.errors import IntegrityError, StoreNotFound
+from components._shared.store import Store, json_bytes, sha256_bytes
+
+CHAMPION, CANARY, PREVIOUS = "champion", "canary", "previous"
+
+
+def utc_now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat()
+
+
+def new_version_id() -> str:
+    """Sortable by creation time, unique across concurrent runs."""
+    return f"{dt.datetime.now(dt.timezone.utc):%Y%m%dT%H%M%SZ}-{secrets.token_hex(3)}"
+
+
+@dataclasses.dataclass(frozen=True)
+class AliasRef:
+    version: str | None
+    etag: str
+
+
+class Registry:
+    def __init__(self, store: Store, model: str):
+        self.store = store
+        self.model = model
+        self.root = f"models/{model}/"
+
+    # --- versions --------------------------------------------------------------------------
+    def version_prefix(self, version: str) -> str:
+        return f"{self.root}versions/{version}/"
+
+    def publish(self, version: str, files: dict[str, Path], card: dict) -> dict:
+        """Blobs first (create-only), then the card: a reader never sees half a version."""
+        prefix = self.version_prefix(version)
+        digests = {}
+        for name, path in sorted(files.items()):
+            data = Path(path).read_bytes()
+            self.store.put_bytes(prefix + name, data, create_only=True)
+            digests[name] = sha256_bytes(data)
+        card = {**card, "model": self.model, "version": version, "files": digests, "published_at": utc_now()}
+        self.store.put_json(prefix + "card.json", card, create_only=True)
+        return card
+
+    def card(self, version: str) -> dict:
+        return self.store.get_json(self.version_prefix(version) + "card.json")
+
+    def versions(self) -> list[str]:
+        """Published versions (those with a card), oldest first."""
+        return [v for v in self.store.list_dirs(f"{self.root}versions")
+                if self.store.exists(self.version_prefix(v) + "card.json")]
+
+    def fetch(self, version: str, name: str, dest: Path) -> Path:
+        """Download one blob of a version and verify it against the card's sha256."""
+        data = self.store.get_bytes(self.version_prefix(version) + name)
+        expected = self.card(version)["files"].get(name)
+        if expected != sha256_bytes(data):
+            raise IntegrityError(f"{self.model}:{version}/{name} does not match its card checksum")
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        dest.write_bytes(data)
+        return dest
+
+    # --- aliases ---------------------------------------------------------------------------
+    def _alias_key(self, alias: str) -> str:
+        return f"{self.root}aliases/{alias}.json"
+
+    def alias(self, alias: str) -> AliasRef | None:
+        found = self.store.get_json_with_etag(self._alias_key(alias))
+        return None if found is None else AliasRef(found[0].get("version"), found[1])
+
+    def aliases(self) -> dict[str, str | None]:
+        names = [k.rsplit("/", 1)[1][:-5] for k in self.store.list(f"{self.root}aliases/")]
+        return {n: ref.version for n in names if (ref := self.alias(n)) is not None}
+
+    def move_alias(self, alias: str, version: str | None, expected: AliasRef | None, *,
+                   run_id: str = "", reason: str = "") -> bool:
+        """Point ``alias`` at ``version`` if it is still ``expected``; audit the attempt."""
+        body = {"alias": alias, "version": version, "run_id": run_id, "reason": reason, "updated_at": utc_now()}
+        new_etag = self.store.compare_and_swap(self._alias_key(alias), json_bytes(body),
+                                               expected.etag if expected else None)
+        self._audit({**body, "from": expected.version if expected else None, "won": new_etag is not None})
+        return new_etag is not None
+
+    def promote(self, version: str, expected_champion: AliasRef | None, *, run_id: str, reason: str) -> bool:
+        """champion <- version (the contended move), then previous <- the old champion."""
+        if not self.move_alias(CHAMPION, version, expected_champion, run_id=run_id, reason=reason):
+            return False
+        if expected_champion and expected_champion.version:
+            self.move_alias(PREVIOUS, expected_champion.version, self.alias(PREVIOUS), run_id=run_id,
+                            reason=f"displaced by {version}")
+        return True
+
+    def rollback(self, *, run_id: str, reason: str) -> str:
+        """champion <- previous. Returns the restored version."""
+        previous, champion = self.alias(PREVIOUS), self.alias(CHAMPION)
+        if previous is None or not previous.version:
+            raise StoreNotFound(f"model {self.model} has no previous version to roll back to")
+        if not self.move_alias(CHAMPION, previous.version, champion, run_id=run_id, reason=reason):
+            raise StoreNotFound("champion moved during rollback; retry")
+        self.move_alias(PREVIOUS, champion.version if champion else None, previous, run_id=run_id,
+                        reason=f"rolled back from {champion.version if champion else None}")
+        return previous.version
+
+    # --- audit -----------------------------------------------------------------------------
+    def _audit(self, entry: dict) -> None:
+        key = f"{self.root}audit/{dt.datetime.now(dt.timezone.utc):%Y%m%dT%H%M%S%fZ}-{secrets.token_hex(4)}.json"
+        self.store.put_json(key, entry, create_only=True)
+
+    def audit_log(self) -> list[dict]:
+        return [self.store.get_json(k) for k in self.store.list(f"{self.root}audit/")]
+

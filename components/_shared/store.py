@@ -1,0 +1,386 @@
+"""The artifact store: one interface, two backends (local directory, MinIO/S3), one key layout.
+
+Keys are relative POSIX paths (``models/digits/versions/v1/card.json``). Both backends give:
+create-only writes (model versions are immutable), compare-and-swap on an ETag (aliases),
+and a pyarrow filesystem rooted at the store for Parquet I/O.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import fcntl
+import hashlib
+import io
+import json
+import os
+import re
+import tempfile
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import Any, Iterator, Mapping
+
+import pyarrow.fs as pafs
+
+from components._shared.errors import AlreadyExists, ConfigError, StoreKeyError, StoreNotFound
+
+DEFAULT_STORE = "./.ctp-store"
+MAX_KEY_LENGTH = 1024
+_KEY_PART = re.compile(r"^[A-Za-z0-9._=+@,:-]+$")
+
+
+def check_key(key: str) -> str:
+    """Reject keys that could escape the store prefix or that S3 and a filesystem disagree on."""
+    if not isinstance(key, str) or not key:
+        raise StoreKeyError("empty object key", hint="name the object, e.g. datasets/<name>/...")
+    if len(key) > MAX_KEY_LENGTH:
+        raise StoreKeyError(f"object key longer than {MAX_KEY_LENGTH} characters")
+    if key.startswith("/") or "\\" in key:
+        raise StoreKeyError(f"object key {key[:80]!r} must be a relative path with '/' separators")
+    for part in key.split("/"):
+        if part in ("", ".", "..") or not _KEY_PART.match(part):
+            raise StoreKeyError(
+                f"object key {key[:80]!r} has an unsafe segment {part[:40]!r}",
+                hint="use letters, digits and . _ = + @ , : - only; no '..' or empty segments",
+            )
+    return key
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+@dataclasses.dataclass(frozen=True)
+class S3Settings:
+    endpoint: str
+    access_key: str
+    secret_key: str
+    secure: bool
+    region: str = "us-east-1"
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> "S3Settings":
+        endpoint = env.get("MINIO_ENDPOINT", "")
+        if not endpoint:
+            raise ConfigError(
+                "an s3:// store needs MINIO_ENDPOINT",
+                hint="set MINIO_ENDPOINT=host:port plus MINIO_ACCESS_KEY and MINIO_SECRET_KEY",
+            )
+        endpoint = re.sub(r"^https?://", "", endpoint).rstrip("/")
+        secure = env.get("MINIO_SECURE", "false").strip().lower() in ("1", "true", "yes")
+        return cls(
+            endpoint=endpoint,
+            access_key=env.get("MINIO_ACCESS_KEY", ""),
+            secret_key=env.get("MINIO_SECRET_KEY", ""),
+            secure=secure,
+            region=env.get("MINIO_REGION", "us-east-1"),
+        )
+
+
+class Store(ABC):
+    """What every backend offers. ETags are opaque strings used only for compare-and-swap."""
+
+    uri: str
+
+    # --- bytes -----------------------------------------------------------------------------
+    @abstractmethod
+    def put_bytes(self, key: str, data: bytes, *, create_only: bool = False) -> str:
+        """Write an object; returns its ETag. ``create_only`` raises AlreadyExists if taken."""
+
+    @abstractmethod
+    def get_with_etag(self, key: str) -> tuple[bytes, str]:
+        """Read an object and its ETag; raises StoreNotFound."""
+
+    @abstractmethod
+    def compare_and_swap(self, key: str, data: bytes, expected_etag: str | None) -> str | None:
+        """Replace ``key`` only if its ETag is ``expected_etag`` (None: only if absent).
+
+        Returns the new ETag, or None when another writer got there first."""
+
+    @abstractmethod
+    def list(self, prefix: str) -> list[str]:
+        """All keys under ``prefix`` (recursive), sorted."""
+
+    @abstractmethod
+    def exists(self, key: str) -> bool: ...
+
+    @abstractmethod
+    def etag(self, key: str) -> str: ...
+
+    @abstractmethod
+    def delete(self, key: str) -> None: ...
+
+    @abstractmethod
+    def put_file(self, key: str, path: str | Path) -> str: ...
+
+    @abstractmethod
+    def get_file(self, key: str, path: str | Path) -> None: ...
+
+    @abstractmethod
+    def arrow_filesystem(self) -> pafs.FileSystem:
+        """A pyarrow filesystem whose paths are store keys."""
+
+    # --- helpers built on the primitives ---------------------------------------------------
+    def get_bytes(self, key: str) -> bytes:
+        return self.get_with_etag(key)[0]
+
+    def put_json(self, key: str, obj: Any, *, create_only: bool = False) -> str:
+        return self.put_bytes(key, json_bytes(obj), create_only=create_only)
+
+    def get_json(self, key: str) -> Any:
+        return json.loads(self.get_bytes(key))
+
+    def get_json_with_etag(self, key: str) -> tuple[Any, str] | None:
+        try:
+            data, etag = self.get_with_etag(key)
+        except StoreNotFound:
+            return None
+        return json.loads(data), etag
+
+    def list_dirs(self, prefix: str) -> list[str]:
+        """Immediate child 'directory' names under ``prefix``."""
+        prefix = prefix.rstrip("/") + "/"
+        names = {k[len(prefix):].split("/", 1)[0] for k in self.list(prefix) if "/" in k[len(prefix):]}
+        return sorted(names)
+
+    def describe(self, key: str = "") -> str:
+        return f"{self.uri.rstrip('/')}/{key}" if key else self.uri
+
+
+def json_bytes(obj: Any) -> bytes:
+    return (json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n").encode()
+
+
+class LocalStore(Store):
+    """A directory. Create-only by hard link (atomic, never a torn file); CAS under flock."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root).resolve()
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.uri = str(self.root)
+
+    def _path(self, key: str) -> Path:
+        return self.root / check_key(key)
+
+    def _write_temp(self, path: Path, data: bytes) -> Path:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        return Path(tmp)
+
+    def put_bytes(self, key: str, data: bytes, *, create_only: bool = False) -> str:
+        path = self._path(key)
+        tmp = self._write_temp(path, data)
+        try:
+            if create_only:
+                try:
+                    os.link(tmp, path)
+                except FileExistsError:
+                    raise AlreadyExists(f"{key} already exists and is immutable") from None
+            else:
+                os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+        return sha256_bytes(data)
+
+    def get_with_etag(self, key: str) -> tuple[bytes, str]:
+        try:
+            data = self._path(key).read_bytes()
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+            raise StoreNotFound(f"{self.describe(key)} does not exist") from None
+        return data, sha256_bytes(data)
+
+    @contextlib.contextmanager
+    def _lock(self, key: str) -> Iterator[None]:
+        lock_path = self.root / ".locks" / hashlib.sha256(key.encode()).hexdigest()
+        lock_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(lock_path, "a") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+    def compare_and_swap(self, key: str, data: bytes, expected_etag: str | None) -> str | None:
+        with self._lock(key):
+            current = self.etag(key) if self.exists(key) else None
+            if current != expected_etag:
+                return None
+            return self.put_bytes(key, data)
+
+    def list(self, prefix: str) -> list[str]:
+        base = self.root / prefix.rstrip("/") if prefix else self.root
+        if not base.is_dir():
+            return []
+        keys = []
+        for path in base.rglob("*"):
+            rel = path.relative_to(self.root).as_posix()
+            if path.is_file() and not any(p.startswith(".") for p in rel.split("/")):
+                keys.append(rel)
+        return sorted(keys)
+
+    def exists(self, key: str) -> bool:
+        return self._path(key).is_file()
+
+    def etag(self, key: str) -> str:
+        return self.get_with_etag(key)[1]
+
+    def delete(self, key: str) -> None:
+        self._path(key).unlink(missing_ok=True)
+
+    def put_file(self, key: str, path: str | Path) -> str:
+        return self.put_bytes(key, Path(path).read_bytes())
+
+    def get_file(self, key: str, path: str | Path) -> None:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_bytes(self.get_bytes(key))
+
+    def arrow_filesystem(self) -> pafs.FileSystem:
+        return pafs.SubTreeFileSystem(str(self.root), pafs.LocalFileSystem())
+
+
+class S3Store(Store):
+    """MinIO or any S3 server through the minio SDK; conditional PUTs give create-only and CAS."""
+
+    def __init__(self, bucket: str, prefix: str, settings: S3Settings, *, create_bucket: bool = True):
+        from minio import Minio
+
+        self.bucket = bucket
+        self.prefix = prefix.strip("/")
+        self.settings = settings
+        self.uri = f"s3://{bucket}/{self.prefix}" if self.prefix else f"s3://{bucket}"
+        self.client = Minio(
+            settings.endpoint,
+            access_key=settings.access_key,
+            secret_key=settings.secret_key,
+            secure=settings.secure,
+            region=settings.region,
+        )
+        if create_bucket and not self.client.bucket_exists(bucket):
+            self.client.make_bucket(bucket)
+
+    def _name(self, key: str) -> str:
+        check_key(key)
+        return f"{self.prefix}/{key}" if self.prefix else key
+
+    def _conditional_put(self, key: str, data: bytes, headers: dict[str, str]) -> str:
+        # minio-py's public put_object turns unknown headers into x-amz-meta-*; the conditional
+        # headers must reach the server as they are, so this uses the single-part PUT.
+        result = self.client._put_object(self.bucket, self._name(key), data, headers=headers)
+        return result.etag.strip('"')
+
+    def put_bytes(self, key: str, data: bytes, *, create_only: bool = False) -> str:
+        from minio.error import S3Error
+
+        headers = {"If-None-Match": "*"} if create_only else {}
+        try:
+            return self._conditional_put(key, data, headers)
+        except S3Error as err:
+            if create_only and err.code == "PreconditionFailed":
+                raise AlreadyExists(f"{self.describe(key)} already exists and is immutable") from None
+            raise
+
+    def get_with_etag(self, key: str) -> tuple[bytes, str]:
+        from minio.error import S3Error
+
+        try:
+            response = self.client.get_object(self.bucket, self._name(key))
+        except S3Error as err:
+            if err.code in ("NoSuchKey", "NoSuchBucket"):
+                raise StoreNotFound(f"{self.describe(key)} does not exist") from None
+            raise
+        try:
+            return response.read(), response.headers.get("ETag", "").strip('"')
+        finally:
+            response.close()
+            response.release_conn()
+
+    def compare_and_swap(self, key: str, data: bytes, expected_etag: str | None) -> str | None:
+        from minio.error import S3Error
+
+        headers = {"If-None-Match": "*"} if expected_etag is None else {"If-Match": f'"{expected_etag}"'}
+        try:
+            return self._conditional_put(key, data, headers)
+        except S3Error as err:
+            if err.code in ("PreconditionFailed", "ConditionalRequestConflict", "NoSuchKey"):
+                return None
+            raise
+
+    def list(self, prefix: str) -> list[str]:
+        strip = len(self.prefix) + 1 if self.prefix else 0
+        name = f"{self.prefix}/{prefix}" if self.prefix else prefix
+        objects = self.client.list_objects(self.bucket, prefix=name, recursive=True)
+        return sorted(obj.object_name[strip:] for obj in objects if not obj.is_dir)
+
+    def exists(self, key: str) -> bool:
+        try:
+            self.etag(key)
+        except StoreNotFound:
+            return False
+        return True
+
+    def etag(self, key: str) -> str:
+        from minio.error import S3Error
+
+        try:
+            return self.client.stat_object(self.bucket, self._name(key)).etag.strip('"')
+        except S3Error as err:
+            if err.code in ("NoSuchKey", "NoSuchBucket", "NoSuchObject"):
+                raise StoreNotFound(f"{self.describe(key)} does not exist") from None
+            raise
+
+    def delete(self, key: str) -> None:
+        self.client.remove_object(self.bucket, self._name(key))
+
+    def put_file(self, key: str, path: str | Path) -> str:
+        result = self.client.fput_object(self.bucket, self._name(key), str(path))
+        return result.etag.strip('"')
+
+    def get_file(self, key: str, path: str | Path) -> None:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_bytes(self.get_bytes(key))
+
+    def arrow_filesystem(self) -> pafs.FileSystem:
+        s = self.settings
+        fs = pafs.S3FileSystem(
+            access_key=s.access_key,
+            secret_key=s.secret_key,
+            endpoint_override=s.endpoint,
+            scheme="https" if s.secure else "http",
+            region=s.region,
+        )
+        root = f"{self.bucket}/{self.prefix}" if self.prefix else self.bucket
+        return pafs.SubTreeFileSystem(root, fs)
+
+
+def open_store(uri: str | None = None, env: Mapping[str, str] | None = None) -> Store:
+    """Open ``uri`` (``s3://bucket/prefix`` or a directory); default ``CTP_STORE`` or ./.ctp-store."""
+    env = os.environ if env is None else env
+    uri = uri or env.get("CTP_STORE") or DEFAULT_STORE
+    if uri.startswith("s3://"):
+        bucket, _, prefix = uri[len("s3://"):].partition("/")
+        if not bucket:
+            raise ConfigError(f"store URI {uri!r} has no bucket", hint="use s3://<bucket>/<prefix>")
+        return S3Store(bucket, prefix, S3Settings.from_env(env))
+    if "://" in uri:
+        raise ConfigError(f"unsupported store URI {uri!r}", hint="use a directory or s3://bucket/prefix")
+    return LocalStore(uri)
+
+
+def read_parquet(store: Store, key: str):
+    """Read one Parquet object from the store into a pyarrow Table."""
+    import pyarrow.parquet as pq
+
+    with store.arrow_filesystem().open_input_file(check_key(key)) as handle:
+        return pq.read_table(handle)
+
+
+def parquet_bytes(table) -> bytes:
+    import pyarrow.parquet as pq
+
+    sink = io.BytesIO()
+    pq.write_table(table, sink)
+    return sink.getvalue()

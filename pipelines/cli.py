@@ -1,0 +1,182 @@
+"""`ctp`: seed data, run the pipeline locally, compile it for Kubeflow, inspect the registry."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from components._shared.errors import CtpError
+
+STORE_HELP = "Store: a directory or s3://bucket/prefix (MINIO_* env for S3). Default: $CTP_STORE or ./.ctp-store"
+
+
+class CtpGroup(click.Group):
+    """Turns user-facing errors into one line on stderr and exit code 2, no traceback."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except CtpError as err:
+            click.echo(f"ctp: error: {err.one_line()}", err=True)
+            sys.exit(2)
+
+
+def store_option(func):
+    return click.option("--store", "store_uri", envvar="CTP_STORE", default="./.ctp-store", show_default=True,
+                        help=STORE_HELP)(func)
+
+
+@click.group(cls=CtpGroup, context_settings={"help_option_names": ["-h", "--help"]})
+def main():
+    """Continuous training on Kubeflow Pipelines.
+
+    \b
+    Quick start (no cluster needed):
+      ctp data seed        # sample digits batches into ./.ctp-store
+      ctp run              # ingest -> validate -> train (DDP) -> evaluate -> canary deploy
+      ctp models list      # versions, aliases, metrics
+      ctp compile          # KFP pipeline YAML for the cluster, in dist/
+    """
+
+
+# --- data ---------------------------------------------------------------------------------------
+@main.group()
+def data():
+    """Sample data for demos and tests."""
+
+
+@data.command("seed")
+@store_option
+@click.option("--dataset", default="digits", show_default=True)
+@click.option("--batches", default=4, show_default=True, help="Labelled batches (and as many traffic batches).")
+@click.option("--shift", type=click.Choice(["none", "rotation", "noise", "prior"]), default="none", show_default=True,
+              help="Distribution shift applied from --shift-from on, to show drift.")
+@click.option("--shift-from", default=0, show_default=True, help="First shifted batch (0-based, within this call).")
+@click.option("--strength", default=1.0, show_default=True, help="1.0 = 30 degrees / noise std 40 / 90%% of 0-4 dropped.")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--append", is_flag=True, help="Add batches after the existing ones (new data arriving).")
+@click.option("--if-empty", is_flag=True, help="Do nothing if the dataset already has batches.")
+def seed_command(store_uri, dataset, batches, shift, shift_from, strength, seed, append, if_empty):
+    """Write scikit-learn's digits as labelled batches and unlabelled traffic."""
+    from components._shared.dataset import list_batches
+    from components._shared.sampledata import SeedConfig, seed_digits
+    from components._shared.store import open_store
+
+    store = open_store(store_uri)
+    if if_empty and list_batches(store, dataset):
+        click.echo(f"{store.describe('datasets/' + dataset)} already has data; not seeding")
+        return
+    written = seed_digits(store, SeedConfig(dataset=dataset, batches=batches, shift=shift, shift_from=shift_from,
+                                            strength=strength, seed=seed, append=append))
+    click.echo(f"wrote {len(written['datasets'])} labelled and {len(written['traffic'])} traffic batches "
+               f"to {store.describe()}")
+
+
+# --- run ----------------------------------------------------------------------------------------
+@main.command("run")
+@store_option
+@click.option("--dataset", default="digits", show_default=True)
+@click.option("--model", "model_name", default="digits", show_default=True)
+@click.option("--nproc-per-node", default=2, show_default=True, help="torchrun processes (gloo on CPU).")
+@click.option("--epochs", default=10, show_default=True)
+@click.option("--batch-size", default=64, show_default=True, help="Global batch size.")
+@click.option("--lr", default=0.002, show_default=True)
+@click.option("--init", type=click.Choice(["auto", "warm", "scratch"]), default="auto", show_default=True,
+              help="auto: warm-start from the champion when compatible.")
+@click.option("--trigger", default="manual", show_default=True, help="Recorded in the model card.")
+@click.option("--min-accuracy", default=0.8, show_default=True, help="Gate for the first model.")
+@click.option("--margin", default=0.01, show_default=True, help="Non-inferiority margin vs the champion.")
+@click.option("--allow-new-classes", is_flag=True, help="Accept labels the champion has never seen.")
+@click.option("--pipeline-root", default="./.ctp-runs", show_default=True, help="Local KFP artifacts.")
+def run_command(store_uri, dataset, model_name, nproc_per_node, epochs, batch_size, lr, init, trigger,
+                min_accuracy, margin, allow_new_classes, pipeline_root):
+    """Run the whole pipeline locally through kfp.local against the store."""
+    from pipelines.local_run import LocalRunOptions, run_locally
+
+    summary = run_locally(LocalRunOptions(
+        store_uri=store_uri, dataset=dataset, model_name=model_name, nproc_per_node=nproc_per_node,
+        epochs=epochs, batch_size=batch_size, lr=lr, init=init, trigger=trigger, min_accuracy=min_accuracy,
+        margin=margin, allow_new_classes=allow_new_classes, pipeline_root=pipeline_root))
+    click.echo(summary)
+
+
+# --- compile ------------------------------------------------------------------------------------
+@main.command("compile")
+@click.option("-o", "--output", default="dist/continuous_training.yaml", show_default=True)
+@click.option("--gpus", default=1, show_default=True, help="GPUs for the train step (0 = CPU).")
+@click.option("--accelerator-type", default="nvidia.com/gpu", show_default=True)
+@click.option("--node-selector", default="ctp.dev/node-pool=gpu", show_default=True,
+              help="KEY=VALUE label of the GPU node pool.")
+@click.option("--toleration-key", default="nvidia.com/gpu", show_default=True, help="Taint the GPU pool carries.")
+@click.option("--minio-secret", default="ctp-minio", show_default=True,
+              help="Secret with MINIO_ACCESS_KEY / MINIO_SECRET_KEY.")
+def compile_command(output, gpus, accelerator_type, node_selector, toleration_key, minio_secret):
+    """Compile the pipeline to KFP IR YAML (for the dashboard, `ctp upload` or CI)."""
+    from pipelines.continuous_training import compile_pipeline
+    from pipelines.gpu import ClusterSettings
+
+    key, sep, value = node_selector.partition("=")
+    if not sep or not key or not value:
+        raise CtpError(f"--node-selector {node_selector!r} is not KEY=VALUE", code="CONFIG_INVALID")
+    settings = ClusterSettings(accelerator_type=accelerator_type, gpus=gpus, node_selector_key=key,
+                               node_selector_value=value, toleration_key=toleration_key, minio_secret=minio_secret)
+    Path(output).parent.mkdir(parents=True, exist_ok=True)
+    compile_pipeline(output, settings)
+    click.echo(f"compiled {output}")
+
+
+# --- models -------------------------------------------------------------------------------------
+@main.group()
+def models():
+    """The model registry: versions, aliases, cards."""
+
+
+@models.command("list")
+@store_option
+@click.option("--model", "model_name", default="digits", show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def models_list(store_uri, model_name, as_json):
+    """Versions with their aliases and metrics, newest first."""
+    from components._shared.registry import Registry
+    from components._shared.store import open_store
+
+    registry = Registry(open_store(store_uri), model_name)
+    aliases = registry.aliases()
+    rows = []
+    for version in reversed(registry.versions()):
+        card = registry.card(version)
+        rows.append({"version": version, "aliases": sorted(a for a, v in aliases.items() if v == version),
+                     "accuracy": card["metrics"]["accuracy"], "macro_f1": card["metrics"]["macro_f1"],
+                     "parent": card.get("parent_version"), "trigger": card.get("trigger"),
+                     "init": card["training"]["init"]["applied"], "created_at": card.get("created_at")})
+    if as_json:
+        click.echo(json.dumps({"model": model_name, "aliases": aliases, "versions": rows}, indent=2))
+        return
+    if not rows:
+        click.echo(f"no versions of {model_name} yet; run `ctp run`")
+        return
+    click.echo(f"{'VERSION':<26} {'ALIASES':<18} {'ACC':>6} {'F1':>6} {'INIT':<8} {'TRIGGER':<8} PARENT")
+    for r in rows:
+        click.echo(f"{r['version']:<26} {','.join(r['aliases']) or '-':<18} {r['accuracy']:>6.3f} "
+                   f"{r['macro_f1']:>6.3f} {r['init']:<8} {r['trigger'] or '-':<8} {r['parent'] or '-'}")
+
+
+@models.command("show")
+@store_option
+@click.option("--model", "model_name", default="digits", show_default=True)
+@click.argument("version", default="champion")
+def models_show(store_uri, model_name, version):
+    """The model card of VERSION (or an alias: champion, previous)."""
+    from components._shared.registry import Registry
+    from components._shared.store import open_store
+
+    registry = Registry(open_store(store_uri), model_name)
+    ref = registry.alias(version)
+    click.echo(json.dumps(registry.card(ref.version if ref and ref.version else version), indent=2))
+
+
+if __name__ == "__main__":
+    main()
