@@ -34,8 +34,11 @@ class ClusterSettings:
 
 
 def use_store_credentials(task, settings: ClusterSettings) -> None:
-    """MinIO endpoint from the settings ConfigMap, credentials from a Secret: never literals."""
+    """MinIO endpoint from the settings ConfigMap, credentials from a Secret: never literals.
+    The label lets the namespace's NetworkPolicy give the pod its egress (manifests/base)."""
     from kfp import kubernetes
+
+    kubernetes.add_pod_label(task, "app.kubernetes.io/part-of", "ctp")
 
     kubernetes.use_secret_as_env(task, secret_name=settings.minio_secret,
                                  secret_key_to_env={"MINIO_ACCESS_KEY": "MINIO_ACCESS_KEY",
@@ -48,6 +51,7 @@ def use_store_credentials(task, settings: ClusterSettings) -> None:
 def place_on_gpu_pool(task, settings: ClusterSettings) -> None:
     from kfp import kubernetes
 
+    kubernetes.add_pod_label(task, "app.kubernetes.io/component", "training")
     task.set_cpu_limit(settings.train_cpu).set_memory_limit(settings.train_memory)
     if settings.gpus == 0:
         return

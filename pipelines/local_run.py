@@ -34,6 +34,7 @@ def new_run_id() -> str:
 
 def run_locally(options: LocalRunOptions, run_id: str | None = None) -> str:
     """Run the pipeline; returns a printable summary. Raises CtpError with the failing step's line."""
+    import warnings
     from pathlib import Path
 
     from kfp import local
@@ -44,6 +45,8 @@ def run_locally(options: LocalRunOptions, run_id: str | None = None) -> str:
     store = open_store(options.store_uri)
     fingerprint = compute_fingerprint(store, options.dataset, options.test_fraction)  # the cache key, as on KFP
     run_id = run_id or new_run_id()
+    # kfp.local warns that it ignores resources, GPUs and images: expected on a laptop, see `ctp compile`.
+    warnings.filterwarnings("ignore", module=r"kfp\.local")
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(Path(options.pipeline_root).resolve()),
                raise_on_error=True)
     pipeline = build_pipeline()

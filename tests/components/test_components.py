@@ -1,0 +1,68 @@
+"""The thin KFP wrappers called as plain functions with real KFP artifact objects (no mocks)."""
+
+import json
+
+import pytest
+from kfp import dsl
+
+from components._shared.registry import CHAMPION, Registry
+from components._shared.sampledata import SeedConfig, seed_digits
+from components._shared.store import LocalStore
+from components.deploy_canary.component import deploy_canary
+from components.evaluate.component import evaluate
+from components.ingest.component import ingest
+from components.train.component import train
+from components.validate_data.component import validate_data
+
+
+def artifact(cls, tmp_path, name):
+    return cls(name=name, uri=str(tmp_path / name), metadata={})
+
+
+@pytest.mark.slow
+def test_the_five_wrappers_chain_on_real_artifacts(tmp_path):
+    store = LocalStore(tmp_path / "store")
+    seed_digits(store, SeedConfig(batches=2))
+    uri = store.uri
+    snapshot = artifact(dsl.Dataset, tmp_path, "snapshot")
+    run_id = ingest.python_func(store_uri=uri, dataset="digits", test_fraction=0.2, data_fingerprint="", run_id="",
+                                job_id="job-1", snapshot=snapshot)
+    assert run_id == "job-1" and len(snapshot.metadata["fingerprint"]) == 32
+    assert json.loads(open(snapshot.path).read())["rows"]["train"] == snapshot.metadata["train"]
+
+    report = artifact(dsl.Artifact, tmp_path, "validation")
+    validate_data.python_func(store_uri=uri, model="digits", allow_new_classes=False, run_id=run_id,
+                              snapshot=snapshot, report=report)
+    assert report.metadata["status"] == "pass" and store.exists(f"runs/{run_id}/validation.json")
+
+    model = artifact(dsl.Model, tmp_path, "model")
+    train.python_func(store_uri=uri, model_name="digits", init="auto", epochs=2, batch_size=64, lr=0.002, seed=0,
+                      nproc_per_node=1, run_id=run_id, snapshot=snapshot, validation=report, model=model)
+    assert model.metadata["init"] == "scratch" and model.metadata["parent_version"] == ""
+
+    metrics, confusion = artifact(dsl.Metrics, tmp_path, "metrics"), artifact(dsl.ClassificationMetrics, tmp_path, "cm")
+    evaluation = artifact(dsl.Artifact, tmp_path, "evaluation")
+    gate = evaluate.python_func(store_uri=uri, model_name="digits", min_accuracy=0.5, margin=0.01, run_id=run_id,
+                                snapshot=snapshot, challenger=model, metrics=metrics, confusion=confusion,
+                                report=evaluation)
+    assert gate == "pass" and 0.5 <= metrics.metadata["challenger_accuracy"] <= 1.0
+    assert len(confusion.metadata["confusionMatrix"]["rows"]) == 10
+
+    decision = artifact(dsl.Artifact, tmp_path, "decision")
+    outcome = deploy_canary.python_func(store_uri=uri, model_name="digits", dataset="digits", trigger="manual",
+                                        min_agreement=0.7, run_id=run_id, snapshot=snapshot, validation=report,
+                                        challenger=model, evaluation=evaluation, decision=decision)
+    assert outcome == "promote"
+    assert Registry(store, "digits").alias(CHAMPION).version == decision.metadata["version"]
+
+
+def test_a_failing_step_records_its_one_line_error(tmp_path):
+    from components._shared.errors import DataValidationError
+    from components._shared.runtime import error_line
+
+    store = LocalStore(tmp_path / "store")
+    with pytest.raises(DataValidationError):
+        ingest.python_func(store_uri=store.uri, dataset="digits", test_fraction=0.2, data_fingerprint="", run_id="r9",
+                           job_id="", snapshot=artifact(dsl.Dataset, tmp_path, "snapshot"))
+    line = error_line(store, "r9")
+    assert line.startswith("ingest: NO_DATA: no batches under") and "ctp data seed" in line

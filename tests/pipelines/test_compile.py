@@ -1,0 +1,77 @@
+"""The compiled KFP IR YAML, loaded back: the real kfp compiler, no backend needed."""
+
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+SENTINEL_SECRET = "sentinel-secret-value-9f8e7d"
+
+
+@pytest.fixture(scope="module")
+def compiled(tmp_path_factory):
+    path = tmp_path_factory.mktemp("compile") / "ct.yaml"
+    env = {"MINIO_ACCESS_KEY": "sentinel-access-key-1a2b", "MINIO_SECRET_KEY": SENTINEL_SECRET,
+           "PATH": "/usr/bin:/bin"}
+    result = subprocess.run([sys.executable, "-m", "pipelines.cli", "compile", "-o", str(path), "--gpus", "2",
+                             "--node-selector", "pool=a100", "--toleration-key", "gpu-taint"],
+                            capture_output=True, text=True, env=env)
+    assert result.returncode == 0, result.stderr
+    text = path.read_text()
+    spec, platform = list(yaml.safe_load_all(text))
+    return text, spec, platform
+
+
+def test_five_steps_with_deploy_under_the_gate(compiled):
+    _, spec, _ = compiled
+    root = spec["root"]["dag"]["tasks"]
+    assert set(root) == {"ingest", "validate-data", "train", "evaluate", "condition-1"}
+    condition = root["condition-1"]
+    assert "== 'pass'" in condition["triggerPolicy"]["condition"]
+    assert "evaluate" in condition["dependentTasks"]
+    assert set(spec["components"]["comp-condition-1"]["dag"]["tasks"]) == {"deploy-canary"}
+    assert root["train"]["dependentTasks"] == ["ingest", "validate-data"]
+
+
+def test_train_requests_gpus_on_the_gpu_pool(compiled):
+    _, spec, platform = compiled
+    resources = spec["deploymentSpec"]["executors"]["exec-train"]["container"]["resources"]
+    assert resources["accelerator"]["resourceType"] == "nvidia.com/gpu"
+    assert resources["accelerator"]["resourceCount"] == "2"
+    train = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]["exec-train"]
+    assert train["nodeSelector"]["labels"] == {"pool": "a100"}
+    assert train["tolerations"] == [{"key": "gpu-taint", "operator": "Exists", "effect": "NoSchedule"}]
+    assert spec["root"]["inputDefinitions"]["parameters"]["nproc_per_node"]["defaultValue"] == 2
+
+
+def test_every_step_gets_credentials_from_the_secret_only(compiled):
+    text, spec, platform = compiled
+    executors = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    assert set(executors) == {f"exec-{n}" for n in ("ingest", "validate-data", "train", "evaluate", "deploy-canary")}
+    for executor in executors.values():
+        (secret,) = executor["secretAsEnv"]
+        assert secret["secretName"] == "ctp-minio"
+        assert {k["envVar"] for k in secret["keyToEnv"]} == {"MINIO_ACCESS_KEY", "MINIO_SECRET_KEY"}
+    assert SENTINEL_SECRET not in text and "sentinel-access-key" not in text
+    for executor in spec["deploymentSpec"]["executors"].values():
+        env_names = {e["name"] for e in executor["container"].get("env", [])}
+        assert not env_names & {"MINIO_ACCESS_KEY", "MINIO_SECRET_KEY"}
+
+
+def test_fingerprint_is_a_parameter_and_side_effect_steps_never_cache(compiled):
+    _, spec, _ = compiled
+    assert "data_fingerprint" in spec["root"]["inputDefinitions"]["parameters"]
+    ingest_inputs = spec["root"]["dag"]["tasks"]["ingest"]["inputs"]["parameters"]
+    assert ingest_inputs["data_fingerprint"]["componentInputParameter"] == "data_fingerprint"
+    tasks = spec["root"]["dag"]["tasks"]
+    assert tasks["ingest"]["cachingOptions"].get("enableCache") is True
+    for name in ("train", "evaluate"):
+        assert not tasks[name]["cachingOptions"].get("enableCache")
+
+
+def test_bad_node_selector_is_a_one_line_error(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "pipelines.cli", "compile", "-o", str(tmp_path / "x.yaml"),
+                             "--node-selector", "nolabel"], capture_output=True, text=True)
+    assert result.returncode == 2
+    assert result.stderr.strip().count("\n") == 0 and "KEY=VALUE" in result.stderr

@@ -1,0 +1,108 @@
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from components._shared.dataset import is_test_example
+from components._shared.errors import DataValidationError, IntegrityError
+from components._shared.sampledata import SeedConfig, seed_digits
+from components._shared.snapshot import load_split, read_manifest
+from components._shared.store import parquet_bytes
+from components.ingest.core import IngestConfig, compute_fingerprint, ingest
+from tests.helpers import digits_table, write_batch
+
+
+def test_ingest_writes_snapshot_with_checksums_and_stable_split(store):
+    seed_digits(store, SeedConfig(batches=2))
+    result = ingest(store, IngestConfig())
+    manifest = read_manifest(store, result.fingerprint)
+    assert result.batches == ["0000", "0001"]
+    assert result.image_shape == [8, 8, 1] and result.classes == list(range(10))
+    assert set(manifest["objects"]) == {"train.parquet", "test.parquet"}
+    test = load_split(store, result.fingerprint, "test", manifest)
+    train = load_split(store, result.fingerprint, "train", manifest)
+    assert len(train) + len(test) == 1797 - int(1797 * 0.2)
+    assert all(is_test_example(i, 0.2) for i in test.ids)
+    assert not set(train.ids) & set(test.ids)
+    assert 0.15 < len(test) / (len(train) + len(test)) < 0.25
+
+
+def test_test_examples_stay_in_test_as_batches_accumulate(local_store):
+    seed_digits(local_store, SeedConfig(batches=2))
+    first = ingest(local_store, IngestConfig())
+    seed_digits(local_store, SeedConfig(batches=1, append=True))
+    second = ingest(local_store, IngestConfig())
+    assert first.fingerprint != second.fingerprint
+    test_before = set(load_split(local_store, first.fingerprint, "test").ids)
+    train_after = set(load_split(local_store, second.fingerprint, "train").ids)
+    assert test_before and not test_before & train_after
+
+
+def test_fingerprint_same_for_same_data_and_changes_when_one_object_is_rewritten(store):
+    seed_digits(store, SeedConfig(batches=2))
+    before = compute_fingerprint(store, "digits", 0.2)
+    assert compute_fingerprint(store, "digits", 0.2) == before
+    write_batch(store, digits_table(30, prefix="new"), "0001")
+    assert compute_fingerprint(store, "digits", 0.2) != before
+
+
+def test_expected_fingerprint_mismatch_stops_ingest(local_store):
+    seed_digits(local_store, SeedConfig(batches=1))
+    with pytest.raises(DataValidationError) as err:
+        ingest(local_store, IngestConfig(expected_fingerprint="0" * 32))
+    assert err.value.code == "FINGERPRINT_MISMATCH"
+
+
+@pytest.mark.parametrize("make_bad, code", [
+    (lambda: digits_table(30).drop_columns(["label"]), "MISSING_COLUMN"),
+    (lambda: digits_table(30).slice(0, 0), "EMPTY_BATCH"),
+    (lambda: digits_table(30).set_column(2, "label", pa.array([0.5] * 29 + [float("nan")])), "LABEL_NAN"),
+    (lambda: digits_table(30, shape=(16, 16, 1)), "IMAGE_SHAPE"),
+    (lambda: digits_table(30).set_column(2, "label", pa.array([-1] * 30, pa.int64())), "LABEL_DOMAIN"),
+])
+def test_bad_batch_is_named_with_its_problem(local_store, make_bad, code):
+    write_batch(local_store, digits_table(40), "0000")
+    write_batch(local_store, make_bad(), "0001")
+    with pytest.raises(DataValidationError) as err:
+        ingest(local_store, IngestConfig())
+    assert err.value.code == code
+    assert "batch=0001" in err.value.one_line() and "\n" not in err.value.one_line()
+    assert local_store.list("snapshots/") == []
+
+
+def test_corrupt_parquet_is_an_error_not_wrong_values(local_store):
+    write_batch(local_store, digits_table(40), "0000")
+    local_store.put_bytes("datasets/digits/batch=0001/part-0.parquet", parquet_bytes(digits_table(30))[:-40])
+    with pytest.raises(DataValidationError) as err:
+        ingest(local_store, IngestConfig())
+    assert err.value.code == "PARQUET_CORRUPT" and "batch=0001" in err.value.message
+
+
+def test_png_images_are_decoded(local_store):
+    import io
+
+    from PIL import Image
+
+    images = [np.full((8, 8), i * 10, np.uint8) for i in range(25)]
+    png = []
+    for img in images:
+        buf = io.BytesIO()
+        Image.fromarray(img).save(buf, format="PNG")
+        png.append(buf.getvalue())
+    table = pa.table({"id": [f"p{i}" for i in range(25)], "image": pa.array(png, pa.binary()),
+                      "label": pa.array([i % 3 for i in range(25)], pa.int64())})
+    write_batch(local_store, table, "0000")
+    result = ingest(local_store, IngestConfig())
+    split = load_split(local_store, result.fingerprint, "train")
+    assert result.image_shape == [8, 8, 1]
+    assert set(np.unique(split.images)) <= {i * 10 for i in range(25)}
+
+
+def test_flipped_byte_in_snapshot_is_detected(local_store):
+    seed_digits(local_store, SeedConfig(batches=1))
+    result = ingest(local_store, IngestConfig())
+    key = f"snapshots/{result.fingerprint}/train.parquet"
+    data = bytearray(local_store.get_bytes(key))
+    data[len(data) // 2] ^= 0xFF
+    local_store.put_bytes(key, bytes(data))
+    with pytest.raises(IntegrityError):
+        load_split(local_store, result.fingerprint, "train")
