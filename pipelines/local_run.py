@@ -57,11 +57,11 @@ def run_locally(options: LocalRunOptions, run_id: str | None = None) -> str:
                  epochs=options.epochs, batch_size=options.batch_size, lr=options.lr,
                  nproc_per_node=options.nproc_per_node, min_accuracy=options.min_accuracy, margin=options.margin)
     except RuntimeError as err:
-        from components._shared.runtime import error_line
+        from components._shared.runtime import recorded_error
 
-        line = error_line(store, run_id)
-        raise CtpError(line or f"run {run_id} failed: {err}", code="RUN_FAILED",
-                       hint=f"artifacts of the run are under {store.describe(f'runs/{run_id}/')}") from None
+        raise recorded_error(store, run_id) or CtpError(
+            f"run {run_id} failed: {err}", code="RUN_FAILED",
+            hint=f"see the step logs above; artifacts are under {store.describe(f'runs/{run_id}/')}") from None
     return summarize(store, run_id, options.model_name)
 
 

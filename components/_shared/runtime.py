@@ -24,10 +24,10 @@ def step(name: str, store_uri: str, run_id: str) -> Iterator[Store]:
         raise
 
 
-def error_line(store: Store, run_id: str) -> str | None:
+def recorded_error(store: Store, run_id: str) -> CtpError | None:
+    """The error a step of ``run_id`` recorded, rebuilt so the CLI prints the same one line."""
     found = store.get_json_with_etag(f"runs/{run_id}/error.json")
     if found is None:
         return None
     error = found[0]
-    line = f"{error['step']}: {error['code']}: {error['message']}"
-    return f"{line}; {error['hint']}" if error.get("hint") else line
+    return CtpError(f"{error['step']}: {error['message']}", hint=error.get("hint", ""), code=error["code"])

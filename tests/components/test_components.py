@@ -58,11 +58,11 @@ def test_the_five_wrappers_chain_on_real_artifacts(tmp_path):
 
 def test_a_failing_step_records_its_one_line_error(tmp_path):
     from components._shared.errors import DataValidationError
-    from components._shared.runtime import error_line
+    from components._shared.runtime import recorded_error
 
     store = LocalStore(tmp_path / "store")
     with pytest.raises(DataValidationError):
         ingest.python_func(store_uri=store.uri, dataset="digits", test_fraction=0.2, data_fingerprint="", run_id="r9",
                            job_id="", snapshot=artifact(dsl.Dataset, tmp_path, "snapshot"))
-    line = error_line(store, "r9")
-    assert line.startswith("ingest: NO_DATA: no batches under") and "ctp data seed" in line
+    line = recorded_error(store, "r9").one_line()
+    assert line.startswith("NO_DATA: ingest: no batches under") and "ctp data seed" in line
