@@ -178,5 +178,15 @@ def models_show(store_uri, model_name, version):
     click.echo(json.dumps(registry.card(ref.version if ref and ref.version else version), indent=2))
 
 
+# --- on a KFP host: upload, submit, schedule, and the drift monitor (pipelines/triggers_cli.py) ---
+from pipelines import triggers_cli  # noqa: E402  (after main: these commands join its group)
+
+main.add_command(triggers_cli.upload_command)
+main.add_command(triggers_cli.submit_command)
+main.add_command(triggers_cli.schedule_command)
+main.add_command(triggers_cli.monitor_command)
+from pipelines.simulate_cli import simulate  # noqa: E402
+main.add_command(simulate)
+
 if __name__ == "__main__":
     main()

@@ -28,7 +28,9 @@ def build_pipeline(settings: ClusterSettings = ClusterSettings()):
         data_fingerprint: str = "",
         run_id: str = "",
         trigger: str = "manual",
+        evidence_uri: str = "",
         test_fraction: float = 0.2,
+        replay_fraction: float = 1.0,
         allow_new_classes: bool = False,
         init: str = "auto",
         epochs: int = 10,
@@ -36,27 +38,45 @@ def build_pipeline(settings: ClusterSettings = ClusterSettings()):
         lr: float = 0.002,
         seed: int = 0,
         nproc_per_node: int = max(settings.gpus, 1),
+        num_nodes: int = 1,
+        checkpoint_every: int = 50,
+        shrink_perturb: bool = False,
+        patience: int = 0,
         min_accuracy: float = 0.8,
         margin: float = 0.01,
         min_agreement: float = 0.7,
+        alpha: float = 0.05,
+        gate_test: str = "paired_bootstrap",
+        max_forgetting: float = 0.02,
+        deploy_target: str = "local",
+        kserve_namespace: str = "ctp",
+        canary_percent: int = 10,
+        canary_intervals: int = 3,
+        prometheus_url: str = "",
     ):
         ingest_task = ingest(store_uri=store_uri, dataset=dataset, test_fraction=test_fraction,
-                             data_fingerprint=data_fingerprint, run_id=run_id,
-                             job_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER).set_display_name("ingest")
+                             data_fingerprint=data_fingerprint, run_id=run_id, replay_fraction=replay_fraction,
+                             model=model_name, job_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER).set_display_name("ingest")
         the_run = ingest_task.outputs["Output"]
         snapshot = ingest_task.outputs["snapshot"]
         validate_task = validate_data(store_uri=store_uri, model=model_name, allow_new_classes=allow_new_classes,
                                       run_id=the_run, snapshot=snapshot).set_display_name("validate-data")
         train_task = train(store_uri=store_uri, model_name=model_name, init=init, epochs=epochs,
                            batch_size=batch_size, lr=lr, seed=seed, nproc_per_node=nproc_per_node, run_id=the_run,
+                           num_nodes=num_nodes, checkpoint_every=checkpoint_every, shrink_perturb=shrink_perturb,
+                           patience=patience, cluster=settings.trainjob(),
                            snapshot=snapshot, validation=validate_task.outputs["report"]).set_display_name("train")
         evaluate_task = evaluate(store_uri=store_uri, model_name=model_name, min_accuracy=min_accuracy,
-                                 margin=margin, run_id=the_run, snapshot=snapshot,
+                                 margin=margin, alpha=alpha, gate_test=gate_test, max_forgetting=max_forgetting,
+                                 run_id=the_run, snapshot=snapshot,
                                  challenger=train_task.outputs["model"]).set_display_name("evaluate")
         with dsl.If(evaluate_task.outputs["Output"] == "pass", name="gate-passed"):
             deploy_task = deploy_canary(store_uri=store_uri, model_name=model_name, dataset=dataset,
-                                        trigger=trigger, min_agreement=min_agreement, run_id=the_run,
-                                        snapshot=snapshot, validation=validate_task.outputs["report"],
+                                        trigger=trigger, evidence_uri=evidence_uri, min_agreement=min_agreement,
+                                        run_id=the_run,
+                                        deploy_target=deploy_target, kserve_namespace=kserve_namespace,
+                                        canary_percent=canary_percent, canary_intervals=canary_intervals,
+                                        prometheus_url=prometheus_url, snapshot=snapshot, validation=validate_task.outputs["report"],
                                         challenger=train_task.outputs["model"],
                                         evaluation=evaluate_task.outputs["report"]).set_display_name("canary-deploy")
         tasks = (ingest_task, validate_task, train_task, evaluate_task, deploy_task)

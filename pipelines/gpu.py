@@ -32,6 +32,13 @@ class ClusterSettings:
         if self.toleration_effect not in ("NoSchedule", "PreferNoSchedule", "NoExecute"):
             raise ConfigError(f"toleration effect {self.toleration_effect!r} is not a Kubernetes taint effect")
 
+    def trainjob(self) -> dict:
+        """Per-node settings of a multi-node Kubeflow Trainer TrainJob (components/train/trainjob.py):
+        the same accelerator, resources and store credentials as the single-pod train step."""
+        return {"accelerator_type": self.accelerator_type, "gpus_per_node": self.gpus, "cpu": self.train_cpu,
+                "memory": self.train_memory, "minio_secret": self.minio_secret,
+                "settings_config_map": self.settings_config_map}
+
 
 def use_store_credentials(task, settings: ClusterSettings) -> None:
     """MinIO endpoint from the settings ConfigMap, credentials from a Secret: never literals.

@@ -21,6 +21,7 @@ class LocalRunOptions:
     lr: float = 0.002
     init: str = "auto"
     trigger: str = "manual"
+    evidence_uri: str = ""  # what started the run (the drift monitor's report), kept in the model card
     min_accuracy: float = 0.8
     margin: float = 0.01
     allow_new_classes: bool = False
@@ -53,6 +54,7 @@ def run_locally(options: LocalRunOptions, run_id: str | None = None) -> str:
     try:
         pipeline(store_uri=store.uri, dataset=options.dataset, model_name=options.model_name,
                  data_fingerprint=fingerprint, run_id=run_id, trigger=options.trigger,
+                 evidence_uri=options.evidence_uri,
                  test_fraction=options.test_fraction, allow_new_classes=options.allow_new_classes, init=options.init,
                  epochs=options.epochs, batch_size=options.batch_size, lr=options.lr,
                  nproc_per_node=options.nproc_per_node, min_accuracy=options.min_accuracy, margin=options.margin)

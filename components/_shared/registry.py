@@ -12,14 +12,24 @@ import datetime as dt
 import secrets
 from pathlib import Path
 
-from components._shared.errors import IntegrityError, StoreNotFound
-from components._shared.store import Store, json_bytes, sha256_bytes
+from components._shared.errors import IntegrityError, StoreKeyError, StoreNotFound
+from components._shared.store import Store, check_key, json_bytes, sha256_bytes
 
 CHAMPION, CANARY, PREVIOUS = "champion", "canary", "previous"
 
 
 def utc_now() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat()
+
+
+def _name(value: str, what: str) -> str:
+    """A model, version or alias name: exactly one safe key segment."""
+    if not isinstance(value, str) or "/" in value:
+        raise StoreKeyError(f"{what} name {str(value)[:80]!r} must be one path segment")
+    try:
+        return check_key(value)
+    except StoreKeyError as err:
+        raise StoreKeyError(f"{what} name {value[:80]!r} is unsafe: {err.message}", hint=err.hint) from None
 
 
 def new_version_id() -> str:
@@ -36,16 +46,18 @@ class AliasRef:
 class Registry:
     def __init__(self, store: Store, model: str):
         self.store = store
-        self.model = model
+        self.model = _name(model, "model")
         self.root = f"models/{model}/"
 
     # --- versions --------------------------------------------------------------------------
     def version_prefix(self, version: str) -> str:
-        return f"{self.root}versions/{version}/"
+        return f"{self.root}versions/{_name(version, 'version')}/"
 
     def publish(self, version: str, files: dict[str, Path], card: dict) -> dict:
         """Blobs first (create-only), then the card: a reader never sees half a version."""
         prefix = self.version_prefix(version)
+        for name in files:
+            _name(name, "file")
         digests = {}
         for name, path in sorted(files.items()):
             data = Path(path).read_bytes()
@@ -75,7 +87,7 @@ class Registry:
 
     # --- aliases ---------------------------------------------------------------------------
     def _alias_key(self, alias: str) -> str:
-        return f"{self.root}aliases/{alias}.json"
+        return f"{self.root}aliases/{_name(alias, 'alias')}.json"
 
     def alias(self, alias: str) -> AliasRef | None:
         found = self.store.get_json_with_etag(self._alias_key(alias))
@@ -87,32 +99,70 @@ class Registry:
 
     def move_alias(self, alias: str, version: str | None, expected: AliasRef | None, *,
                    run_id: str = "", reason: str = "") -> bool:
-        """Point ``alias`` at ``version`` if it is still ``expected``; audit the attempt."""
-        body = {"alias": alias, "version": version, "run_id": run_id, "reason": reason, "updated_at": utc_now()}
-        new_etag = self.store.compare_and_swap(self._alias_key(alias), json_bytes(body),
-                                               expected.etag if expected else None)
-        self._audit({**body, "from": expected.version if expected else None, "won": new_etag is not None})
-        return new_etag is not None
+        """Point ``alias`` at ``version`` if it is still ``expected``; audit the attempt.
+
+        ``version`` must be published (have a card) or None (clear the alias)."""
+        return self._move(alias, version, expected, run_id=run_id, reason=reason) is not None
+
+    def _move(self, alias: str, version: str | None, expected: AliasRef | None, *,
+              run_id: str, reason: str) -> str | None:
+        """move_alias, returning the alias's new ETag (None: lost). The alias body records the
+        version it displaced (``from``), atomically with the move itself."""
+        key = self._alias_key(alias)
+        if version is not None and not self.store.exists(self.version_prefix(version) + "card.json"):
+            raise StoreNotFound(f"{self.model}:{version} is not a published version (no card)",
+                                hint="publish it first; an alias never points at half a version")
+        displaced = expected.version if expected else None
+        body = {"alias": alias, "version": version, "from": displaced, "run_id": run_id, "reason": reason,
+                "updated_at": utc_now()}
+        new_etag = self.store.compare_and_swap(key, json_bytes(body), expected.etag if expected else None)
+        self._audit({**body, "won": new_etag is not None})
+        return new_etag
+
+    def _settle_previous(self, champion_etag: str, displaced: str | None, *, run_id: str, reason: str) -> None:
+        """After a champion move that produced ``champion_etag``: previous <- ``displaced``.
+
+        Only while that move is still the champion: a later mover sets previous itself, and a
+        run that stalled after winning must not overwrite it with an older version. Previous is
+        read before champion is checked, so a later mover's write makes this CAS lose."""
+        while True:
+            previous = self.alias(PREVIOUS)
+            champion = self.alias(CHAMPION)
+            if champion is None or champion.etag != champion_etag:
+                return
+            if self._move(PREVIOUS, displaced, previous, run_id=run_id, reason=reason) is not None:
+                return
 
     def promote(self, version: str, expected_champion: AliasRef | None, *, run_id: str, reason: str) -> bool:
         """champion <- version (the contended move), then previous <- the old champion."""
-        if not self.move_alias(CHAMPION, version, expected_champion, run_id=run_id, reason=reason):
+        etag = self._move(CHAMPION, version, expected_champion, run_id=run_id, reason=reason)
+        if etag is None:
             return False
         if expected_champion and expected_champion.version:
-            self.move_alias(PREVIOUS, expected_champion.version, self.alias(PREVIOUS), run_id=run_id,
-                            reason=f"displaced by {version}")
+            self._settle_previous(etag, expected_champion.version, run_id=run_id, reason=f"displaced by {version}")
         return True
 
     def rollback(self, *, run_id: str, reason: str) -> str:
-        """champion <- previous. Returns the restored version."""
-        previous, champion = self.alias(PREVIOUS), self.alias(CHAMPION)
-        if previous is None or not previous.version:
+        """champion <- the version the champion displaced. Returns the restored version.
+
+        The target comes from the champion alias itself (its ``from``), read together with the
+        ETag the move is conditioned on, so a rollback never restores a stale ``previous``."""
+        found = self.store.get_json_with_etag(self._alias_key(CHAMPION))
+        champion = None if found is None else AliasRef(found[0].get("version"), found[1])
+        if found is not None and "from" in found[0]:
+            target = found[0]["from"]
+        else:  # no champion, or an alias written before moves recorded what they displaced
+            previous = self.alias(PREVIOUS)
+            target = previous.version if previous else None
+        if not target:
             raise StoreNotFound(f"model {self.model} has no previous version to roll back to")
-        if not self.move_alias(CHAMPION, previous.version, champion, run_id=run_id, reason=reason):
+        etag = self._move(CHAMPION, target, champion, run_id=run_id, reason=reason)
+        if etag is None:
             raise StoreNotFound("champion moved during rollback; retry")
-        self.move_alias(PREVIOUS, champion.version if champion else None, previous, run_id=run_id,
-                        reason=f"rolled back from {champion.version if champion else None}")
-        return previous.version
+        current = champion.version if champion else None
+        if current:
+            self._settle_previous(etag, current, run_id=run_id, reason=f"rolled back from {current}")
+        return target
 
     # --- audit -----------------------------------------------------------------------------
     def _audit(self, entry: dict) -> None:

@@ -7,6 +7,7 @@ flipped byte is an error rather than silently wrong values.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import io
 
 import numpy as np
@@ -40,6 +41,39 @@ class Split:
         keep = np.flatnonzero(mask)
         return Split(self.images[keep], self.labels[keep], [self.ids[i] for i in keep],
                      [self.batches[i] for i in keep])
+
+
+class SplitWriter:
+    """Streams one split to ``snapshots/<fingerprint>/<split>.parquet`` a row group at a time,
+    hashing the bytes as they are written (no second read for the manifest's sha256)."""
+
+    def __init__(self, store: Store, key: str, schema: pa.Schema):
+        self.key, self.rows = key, 0
+        self._digest = hashlib.sha256()
+        self._stream = store.arrow_filesystem().open_output_stream(key)
+        self._writer = pq.ParquetWriter(pa.PythonFile(self, mode="w"), schema)
+
+    # the file-object protocol pyarrow's PythonFile calls
+    closed = False
+
+    def write(self, data) -> int:
+        self._digest.update(data)
+        return self._stream.write(data)
+
+    def flush(self) -> None:
+        self._stream.flush()
+
+    def write_table(self, table: pa.Table) -> None:
+        if table.num_rows:
+            self._writer.write_table(table)
+            self.rows += table.num_rows
+
+    def close(self) -> dict:
+        """Finish the file; returns its manifest entry."""
+        self._writer.close()
+        self._stream.close()
+        self.closed = True
+        return {"sha256": self._digest.hexdigest(), "rows": self.rows}
 
 
 def read_manifest(store: Store, fingerprint: str) -> dict:

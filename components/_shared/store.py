@@ -26,11 +26,15 @@ from components._shared.errors import AlreadyExists, ConfigError, StoreKeyError,
 
 DEFAULT_STORE = "./.ctp-store"
 MAX_KEY_LENGTH = 1024
-_KEY_PART = re.compile(r"^[A-Za-z0-9._=+@,:-]+$")
+MAX_SEGMENT_LENGTH = 255  # NAME_MAX of the filesystems a local store lives on
+_KEY_PART = re.compile(r"[A-Za-z0-9_=+@,:-][A-Za-z0-9._=+@,:-]*")
 
 
 def check_key(key: str) -> str:
-    """Reject keys that could escape the store prefix or that S3 and a filesystem disagree on."""
+    """Reject keys that could escape the store prefix or that S3 and a filesystem disagree on.
+
+    Segments may not start with '.': that excludes '.', '..' and names the local backend keeps
+    for itself (``.locks/``, ``.tmp-*``) and hides from ``list``."""
     if not isinstance(key, str) or not key:
         raise StoreKeyError("empty object key", hint="name the object, e.g. datasets/<name>/...")
     if len(key) > MAX_KEY_LENGTH:
@@ -38,12 +42,24 @@ def check_key(key: str) -> str:
     if key.startswith("/") or "\\" in key:
         raise StoreKeyError(f"object key {key[:80]!r} must be a relative path with '/' separators")
     for part in key.split("/"):
-        if part in ("", ".", "..") or not _KEY_PART.match(part):
+        if len(part) > MAX_SEGMENT_LENGTH:
+            raise StoreKeyError(f"object key {key[:80]!r} has a segment longer than {MAX_SEGMENT_LENGTH} characters")
+        if not _KEY_PART.fullmatch(part):
             raise StoreKeyError(
                 f"object key {key[:80]!r} has an unsafe segment {part[:40]!r}",
-                hint="use letters, digits and . _ = + @ , : - only; no '..' or empty segments",
+                hint="use letters, digits and . _ = + @ , : - only; no empty segments or ones starting with '.'",
             )
     return key
+
+
+def check_prefix(prefix: str) -> str:
+    """A folder prefix for ``list``: '' (everything) or a safe key, with or without a trailing '/'.
+
+    Returns it normalised to '' or ``<key>/``."""
+    if prefix in ("", "/"):
+        return ""
+    body = prefix[:-1] if prefix.endswith("/") else prefix
+    return check_key(body) + "/"
 
 
 def sha256_bytes(data: bytes) -> str:
@@ -66,8 +82,23 @@ class S3Settings:
                 "an s3:// store needs MINIO_ENDPOINT",
                 hint="set MINIO_ENDPOINT=host:port plus MINIO_ACCESS_KEY and MINIO_SECRET_KEY",
             )
-        endpoint = re.sub(r"^https?://", "", endpoint).rstrip("/")
-        secure = env.get("MINIO_SECURE", "false").strip().lower() in ("1", "true", "yes")
+        scheme = re.match(r"^(https?)://", endpoint)
+        endpoint = endpoint[scheme.end():] if scheme else endpoint
+        endpoint = endpoint.rstrip("/")
+        raw = env.get("MINIO_SECURE", "").strip().lower()
+        if raw in ("1", "true", "yes", "on"):
+            secure = True
+        elif raw in ("0", "false", "no", "off"):
+            secure = False
+        elif raw:
+            raise ConfigError(f"MINIO_SECURE={raw!r} is not a boolean", hint="use true or false")
+        else:
+            secure = bool(scheme) and scheme.group(1) == "https"
+        if scheme and secure != (scheme.group(1) == "https"):
+            raise ConfigError(
+                f"MINIO_ENDPOINT says {scheme.group(1)}:// but MINIO_SECURE={raw}",
+                hint="drop the scheme from MINIO_ENDPOINT or make MINIO_SECURE agree with it",
+            )
         return cls(
             endpoint=endpoint,
             access_key=env.get("MINIO_ACCESS_KEY", ""),
@@ -99,7 +130,8 @@ class Store(ABC):
 
     @abstractmethod
     def list(self, prefix: str) -> list[str]:
-        """All keys under ``prefix`` (recursive), sorted."""
+        """All keys under the folder ``prefix`` (recursive), sorted. ``a/b`` and ``a/b/`` both
+        mean the folder ``a/b/`` (never ``a/bc``); ``''`` lists the whole store."""
 
     @abstractmethod
     def exists(self, key: str) -> bool: ...
@@ -139,7 +171,7 @@ class Store(ABC):
 
     def list_dirs(self, prefix: str) -> list[str]:
         """Immediate child 'directory' names under ``prefix``."""
-        prefix = prefix.rstrip("/") + "/"
+        prefix = check_prefix(prefix)
         names = {k[len(prefix):].split("/", 1)[0] for k in self.list(prefix) if "/" in k[len(prefix):]}
         return sorted(names)
 
@@ -171,17 +203,33 @@ class LocalStore(Store):
             os.fsync(handle.fileno())
         return Path(tmp)
 
+    def _folder_conflict(self, key: str) -> StoreKeyError:
+        return StoreKeyError(
+            f"{self.describe(key)}: a local store cannot hold an object and a folder of the same name",
+            hint="keep object names and folder names distinct",
+        )
+
     def put_bytes(self, key: str, data: bytes, *, create_only: bool = False) -> str:
         path = self._path(key)
-        tmp = self._write_temp(path, data)
         try:
+            tmp = self._write_temp(path, data)
+        except (FileExistsError, NotADirectoryError):  # a parent "folder" is an object
+            raise self._folder_conflict(key) from None
+        try:
+            if path.is_dir():
+                raise self._folder_conflict(key)
             if create_only:
                 try:
                     os.link(tmp, path)
                 except FileExistsError:
-                    raise AlreadyExists(f"{key} already exists and is immutable") from None
+                    if path.is_dir():
+                        raise self._folder_conflict(key) from None
+                    raise AlreadyExists(f"{self.describe(key)} already exists and is immutable") from None
             else:
-                os.replace(tmp, path)
+                try:
+                    os.replace(tmp, path)
+                except IsADirectoryError:
+                    raise self._folder_conflict(key) from None
         finally:
             tmp.unlink(missing_ok=True)
         return sha256_bytes(data)
@@ -195,7 +243,9 @@ class LocalStore(Store):
 
     @contextlib.contextmanager
     def _lock(self, key: str) -> Iterator[None]:
-        lock_path = self.root / ".locks" / hashlib.sha256(key.encode()).hexdigest()
+        """Exclusive per key across threads and processes: flock locks belong to the open file
+        description, and every caller opens the lock file anew."""
+        lock_path = self.root / ".locks" / hashlib.sha256(check_key(key).encode()).hexdigest()
         lock_path.parent.mkdir(parents=True, exist_ok=True)
         with open(lock_path, "a") as handle:
             fcntl.flock(handle, fcntl.LOCK_EX)
@@ -212,7 +262,8 @@ class LocalStore(Store):
             return self.put_bytes(key, data)
 
     def list(self, prefix: str) -> list[str]:
-        base = self.root / prefix.rstrip("/") if prefix else self.root
+        prefix = check_prefix(prefix)
+        base = self.root / prefix if prefix else self.root
         if not base.is_dir():
             return []
         keys = []
@@ -229,7 +280,12 @@ class LocalStore(Store):
         return self.get_with_etag(key)[1]
 
     def delete(self, key: str) -> None:
-        self._path(key).unlink(missing_ok=True)
+        try:
+            self._path(key).unlink(missing_ok=True)
+        except (IsADirectoryError, NotADirectoryError, PermissionError):
+            if self._path(key).is_file():
+                raise
+            # a folder name or a path through an object: there is no such object, as on S3
 
     def put_file(self, key: str, path: str | Path) -> str:
         return self.put_bytes(key, Path(path).read_bytes())
@@ -239,7 +295,8 @@ class LocalStore(Store):
         Path(path).write_bytes(self.get_bytes(key))
 
     def arrow_filesystem(self) -> pafs.FileSystem:
-        return pafs.SubTreeFileSystem(str(self.root), pafs.LocalFileSystem())
+        base = pafs.SubTreeFileSystem(str(self.root), pafs.LocalFileSystem())
+        return pafs.PyFileSystem(_StoreFSHandler(base, local_root=self.root))
 
 
 class S3Store(Store):
@@ -310,6 +367,7 @@ class S3Store(Store):
             raise
 
     def list(self, prefix: str) -> list[str]:
+        prefix = check_prefix(prefix)
         strip = len(self.prefix) + 1 if self.prefix else 0
         name = f"{self.prefix}/{prefix}" if self.prefix else prefix
         objects = self.client.list_objects(self.bucket, prefix=name, recursive=True)
@@ -353,7 +411,131 @@ class S3Store(Store):
             region=s.region,
         )
         root = f"{self.bucket}/{self.prefix}" if self.prefix else self.bucket
-        return pafs.SubTreeFileSystem(root, fs)
+        return pafs.PyFileSystem(_StoreFSHandler(pafs.SubTreeFileSystem(root, fs)))
+
+
+class _AtomicLocalWriter:
+    """A file object for pyarrow that writes a sibling temp file and renames it into place on
+    close, so a concurrent reader never sees a half-written Parquet file."""
+
+    def __init__(self, final: Path):
+        self._final = final
+        try:
+            final.parent.mkdir(parents=True, exist_ok=True)
+        except (FileExistsError, NotADirectoryError):
+            raise StoreKeyError(f"a parent of {final} is an object; a local store cannot hold both") from None
+        fd, tmp = tempfile.mkstemp(dir=final.parent, prefix=".tmp-")
+        self._tmp = Path(tmp)
+        self._file = os.fdopen(fd, "wb")
+
+    closed = property(lambda self: self._file.closed)
+
+    def writable(self) -> bool:
+        return True
+
+    def readable(self) -> bool:
+        return False
+
+    def seekable(self) -> bool:
+        return False
+
+    def write(self, data) -> int:
+        return self._file.write(data)
+
+    def tell(self) -> int:
+        return self._file.tell()
+
+    def flush(self) -> None:
+        self._file.flush()
+
+    def close(self) -> None:
+        if self._file.closed:
+            return
+        try:
+            self._file.flush()
+            os.fsync(self._file.fileno())
+            self._file.close()
+            if self._final.is_dir():
+                raise StoreKeyError(f"{self._final} is a folder; a local store cannot hold both")
+            os.replace(self._tmp, self._final)
+        finally:
+            self._file.close()
+            self._tmp.unlink(missing_ok=True)
+
+
+class _StoreFSHandler(pafs.FileSystemHandler):
+    """A pyarrow filesystem over the store's keys: every path goes through check_key, and on a
+    local store writes create their folders and land atomically (temp file + rename)."""
+
+    def __init__(self, base: pafs.FileSystem, local_root: Path | None = None):
+        self.base = base
+        self.local_root = local_root
+
+    def __eq__(self, other):
+        return isinstance(other, _StoreFSHandler) and self.base.equals(other.base)
+
+    def __ne__(self, other):
+        return not self == other
+
+    @staticmethod
+    def _key(path: str) -> str:
+        return check_key(path)
+
+    @staticmethod
+    def _folder(path: str) -> str:
+        return check_prefix(path).rstrip("/")
+
+    def get_type_name(self) -> str:
+        return f"ctp-store+{self.base.type_name}"
+
+    def normalize_path(self, path: str) -> str:
+        return path
+
+    def get_file_info(self, paths):
+        return self.base.get_file_info([self._folder(p) for p in paths])
+
+    def get_file_info_selector(self, selector):
+        return self.base.get_file_info(pafs.FileSelector(
+            self._folder(selector.base_dir), allow_not_found=selector.allow_not_found,
+            recursive=selector.recursive))
+
+    def create_dir(self, path, recursive):
+        self.base.create_dir(self._folder(path), recursive=recursive)
+
+    def delete_dir(self, path):
+        self.base.delete_dir(self._key(path))
+
+    def delete_dir_contents(self, path, missing_dir_ok=False):
+        self.base.delete_dir_contents(self._key(path), missing_dir_ok=missing_dir_ok)
+
+    def delete_root_dir_contents(self):
+        raise StoreKeyError("refusing to empty the whole store through pyarrow")
+
+    def delete_file(self, path):
+        self.base.delete_file(self._key(path))
+
+    def move(self, src, dest):
+        self.base.move(self._key(src), self._key(dest))
+
+    def copy_file(self, src, dest):
+        self.base.copy_file(self._key(src), self._key(dest))
+
+    def open_input_stream(self, path):
+        return self.base.open_input_stream(self._key(path))
+
+    def open_input_file(self, path):
+        return self.base.open_input_file(self._key(path))
+
+    def open_output_stream(self, path, metadata):
+        key = self._key(path)
+        if self.local_root is not None:
+            import pyarrow as pa
+
+            return pa.PythonFile(_AtomicLocalWriter(self.local_root / key), mode="w")
+        return self.base.open_output_stream(key, metadata=metadata)
+
+    def open_append_stream(self, path, metadata):
+        raise StoreKeyError(f"{path!r}: store objects are replaced whole, never appended to")
 
 
 def open_store(uri: str | None = None, env: Mapping[str, str] | None = None) -> Store:

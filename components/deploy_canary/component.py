@@ -1,4 +1,4 @@
-"""KFP wrapper for canary deploy (local target): register, analyse, promote or roll back."""
+"""KFP wrapper for canary deploy: register, canary (local replay or KServe), promote or roll back."""
 
 from kfp import dsl
 from kfp.dsl import Artifact, Dataset, Input, Model, Output
@@ -9,20 +9,37 @@ from components._shared.images import BASE_IMAGE
 @dsl.component(base_image=BASE_IMAGE, install_kfp_package=False)
 def deploy_canary(store_uri: str, model_name: str, dataset: str, trigger: str, min_agreement: float,
                   run_id: str, snapshot: Input[Dataset], validation: Input[Artifact], challenger: Input[Model],
-                  evaluation: Input[Artifact], decision: Output[Artifact]) -> str:
+                  evaluation: Input[Artifact], decision: Output[Artifact], deploy_target: str = "local",
+                  kserve_namespace: str = "ctp", canary_percent: int = 10, canary_intervals: int = 3,
+                  canary_interval_seconds: float = 60.0, prometheus_url: str = "",
+                  evidence_uri: str = "") -> str:
     import json
+    import os
     from pathlib import Path
 
+    from components._shared.errors import ConfigError
     from components._shared.runtime import step
     from components._shared.snapshot import read_manifest
     from components.deploy_canary.core import DeployConfig, build_card, deploy
 
     with step("deploy-canary", store_uri, run_id) as store:
+        rollout = None
+        if deploy_target == "kserve":
+            from components.deploy_canary.kserve import KServeConfig, rollout_in_cluster
+
+            rollout = rollout_in_cluster(store, model_name, KServeConfig(
+                name=model_name, namespace=kserve_namespace, s3_endpoint=os.environ.get("MINIO_ENDPOINT", ""),
+                s3_use_https=os.environ.get("MINIO_SECURE", "false").lower() == "true",
+                canary_percent=canary_percent, intervals=canary_intervals,
+                interval_seconds=canary_interval_seconds, prometheus_url=prometheus_url), dict(os.environ))
+        elif deploy_target != "local":
+            raise ConfigError(f"deploy_target {deploy_target!r} unknown", hint="use local or kserve")
         card = build_card(json.loads((Path(challenger.path) / "meta.json").read_text()),
                           json.loads(Path(evaluation.path).read_text()), json.loads(Path(validation.path).read_text()),
-                          read_manifest(store, snapshot.metadata["fingerprint"]), run_id=run_id, trigger=trigger)
+                          read_manifest(store, snapshot.metadata["fingerprint"]), run_id=run_id, trigger=trigger,
+                          evidence_uri=evidence_uri)
         record = deploy(store, Path(challenger.path), card,
-                        DeployConfig(model=model_name, dataset=dataset, min_agreement=min_agreement))
+                        DeployConfig(model=model_name, dataset=dataset, min_agreement=min_agreement), rollout)
     with open(decision.path, "w") as handle:
         json.dump(record, handle, indent=2)
     decision.metadata.update({"decision": record["decision"], "version": record["version"]})

@@ -18,6 +18,7 @@ from components.evaluate.core import onnx_probabilities
 from components.train.core import META_FILE, ONNX_FILE, WEIGHTS_FILE
 
 MODEL_FILES = (WEIGHTS_FILE, ONNX_FILE, META_FILE, "reference.npy")
+NO_TRAFFIC = "no traffic to replay; the evaluation gate decides"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -27,6 +28,7 @@ class DeployConfig:
     min_agreement: float = 0.7  # share of traffic where canary and champion predict the same class
     max_confidence_drop: float = 0.1  # mean top-class probability may fall at most this much
     traffic_rows: int = 2000  # most recent traffic examples replayed
+    alpha: float = 0.05  # significance of the confidence-shift test
 
 
 def code_version() -> str:
@@ -35,11 +37,12 @@ def code_version() -> str:
 
 
 def build_card(meta: dict, evaluation: dict, validation: dict, manifest: dict, *, run_id: str,
-               trigger: str) -> dict:
+               trigger: str, evidence_uri: str = "") -> dict:
     """Everything needed to answer 'where did this model come from and why was it kept'."""
     return {
         "run_id": run_id,
         "trigger": trigger,
+        "trigger_evidence": evidence_uri or None,  # e.g. the drift monitor's report that started the run
         "parent_version": meta.get("parent_version"),
         "created_at": utc_now(),
         "code_version": code_version(),
@@ -49,7 +52,8 @@ def build_card(meta: dict, evaluation: dict, validation: dict, manifest: dict, *
                  "classes": meta["classes"]},
         "training": {k: meta[k] for k in ("arch", "init", "epochs", "batch_size", "lr", "seed", "world_size",
                                           "backend", "train_rows", "history")},
-        "metrics": {k: evaluation["challenger"][k] for k in ("accuracy", "macro_f1", "n", "by_batch")},
+        "metrics": {k: evaluation["challenger"][k] for k in ("accuracy", "macro_f1", "ece", "n", "by_batch",
+                                                              "per_class_recall", "slices")},
         "champion_metrics": (None if evaluation["champion"] is None else
                              {k: evaluation["champion"][k] for k in ("accuracy", "macro_f1")}),
         "gate": evaluation["gate"],
@@ -70,47 +74,73 @@ def recent_traffic(store: Store, dataset: str, rows: int) -> tuple[np.ndarray | 
     return (np.concatenate(chunks)[:rows] if chunks else None), sorted(used)
 
 
-def canary_analysis(challenger_onnx: Path, champion_onnx: Path | None, traffic: np.ndarray | None,
-                    config: DeployConfig) -> dict:
-    if traffic is None or not len(traffic):
-        return {"decision": "promote", "reason": "no traffic to replay; the evaluation gate decides", "n": 0}
-    canary = onnx_probabilities(challenger_onnx, traffic)
+def compare_predictions(canary: np.ndarray, champion: np.ndarray, config: DeployConfig) -> dict:
+    """Canary vs champion on the same inputs: agreement of predicted classes, and whether the
+    canary's top-class confidence fell (one-sided Kolmogorov-Smirnov, alibi-detect) by more than
+    the limit. Shared by the local replay and the KServe intervals."""
     if not np.isfinite(canary).all():
-        return {"decision": "rollback", "reason": "canary produced non-finite outputs", "n": len(traffic)}
-    evidence = {"n": int(len(traffic)), "canary_confidence": float(canary.max(1).mean())}
-    if champion_onnx is None:
-        return {**evidence, "decision": "promote", "reason": "first model: served traffic without errors"}
-    champion = onnx_probabilities(champion_onnx, traffic)
-    evidence["champion_confidence"] = float(champion.max(1).mean())
-    evidence["agreement"] = float((canary.argmax(1) == champion.argmax(1)).mean())
+        return {"decision": "rollback", "reason": "canary produced non-finite outputs", "n": int(len(canary))}
+    from alibi_detect.cd import KSDrift  # ~5 s import: only on this path
+
+    canary_conf, champion_conf = canary.max(1), champion.max(1)
+    # alternative="less": the champion's confidence CDF lies below the canary's, i.e. the canary is less sure
+    ks = KSDrift(champion_conf[:, None].astype(np.float32), p_val=config.alpha, alternative="less")
+    p_value = float(np.atleast_1d(ks.predict(canary_conf[:, None].astype(np.float32))["data"]["p_val"])[0])
+    evidence = {"n": int(len(canary)), "agreement": float((canary.argmax(1) == champion.argmax(1)).mean()),
+                "canary_confidence": float(canary_conf.mean()), "champion_confidence": float(champion_conf.mean()),
+                "confidence_ks_p_value": p_value}
     drop = evidence["champion_confidence"] - evidence["canary_confidence"]
     if evidence["agreement"] < config.min_agreement:
         return {**evidence, "decision": "rollback",
                 "reason": f"agreement {evidence['agreement']:.3f} < {config.min_agreement}"}
-    if drop > config.max_confidence_drop:
-        return {**evidence, "decision": "rollback",
-                "reason": f"mean confidence fell by {drop:.3f} > {config.max_confidence_drop}"}
+    if p_value < config.alpha and drop > config.max_confidence_drop:
+        return {**evidence, "decision": "rollback", "reason": f"mean confidence fell by {drop:.3f} > "
+                f"{config.max_confidence_drop} (KS p={p_value:.2g} < {config.alpha})"}
     return {**evidence, "decision": "promote",
             "reason": f"agreement {evidence['agreement']:.3f}, confidence change {-drop:+.3f}"}
 
 
-def deploy(store: Store, challenger_dir: Path, card: dict, config: DeployConfig) -> dict:
-    """Register, canary, analyse, promote or roll back. Returns the recorded decision."""
+def canary_analysis(challenger_onnx: Path, champion_onnx: Path | None, traffic: np.ndarray | None,
+                    config: DeployConfig) -> dict:
+    """Local target: replay traffic through both ONNX files."""
+    if traffic is None or not len(traffic):
+        return {"decision": "promote", "reason": NO_TRAFFIC, "n": 0}
+    canary = onnx_probabilities(challenger_onnx, traffic)
+    if champion_onnx is None:
+        if not np.isfinite(canary).all():
+            return {"decision": "rollback", "reason": "canary produced non-finite outputs", "n": len(traffic)}
+        return {"n": int(len(traffic)), "canary_confidence": float(canary.max(1).mean()), "decision": "promote",
+                "reason": "first model: served traffic without errors"}
+    return compare_predictions(canary, onnx_probabilities(champion_onnx, traffic), config)
+
+
+def deploy(store: Store, challenger_dir: Path, card: dict, config: DeployConfig, rollout=None) -> dict:
+    """Register, canary, analyse, promote or roll back. Returns the recorded decision.
+
+    ``rollout`` None: the local target (replayed traffic). Otherwise a serving target such as
+    kserve.KServeRollout: ``analyse`` canaries the version and watches it, ``finish`` applies
+    the decision to serving after the registry's champion moved (or did not)."""
     registry = Registry(store, config.model)
     run_id = card["run_id"]
     champion_ref = registry.alias(CHAMPION)
     version = new_version_id()
     registry.publish(version, {name: challenger_dir / name for name in MODEL_FILES}, card)
     registry.move_alias(CANARY, version, registry.alias(CANARY), run_id=run_id, reason="canary analysis")
-    traffic, traffic_batches = recent_traffic(store, config.dataset, config.traffic_rows)
     with tempfile.TemporaryDirectory() as tmp:
         champion_onnx = None
         if champion_ref and champion_ref.version:
             champion_onnx = registry.fetch(champion_ref.version, ONNX_FILE, Path(tmp) / ONNX_FILE)
-        analysis = canary_analysis(challenger_dir / ONNX_FILE, champion_onnx, traffic, config)
-    analysis["traffic_batches"] = traffic_batches
+        if rollout is None:
+            traffic, traffic_batches = recent_traffic(store, config.dataset, config.traffic_rows)
+            analysis = {**canary_analysis(challenger_dir / ONNX_FILE, champion_onnx, traffic, config),
+                        "traffic_batches": traffic_batches}
+        else:
+            analysis = rollout.analyse(registry, version, champion_onnx, config)
     decision = _apply(registry, version, champion_ref, card, analysis, run_id)
+    if rollout is not None:
+        rollout.finish(decision["decision"])
     record = {"run_id": run_id, "model": config.model, "version": version, "decided_at": utc_now(),
+              "target": "local" if rollout is None else "kserve",
               "previous_champion": champion_ref.version if champion_ref else None, **decision,
               "analysis": analysis}
     store.put_json(f"runs/{run_id}/decision.json", record)

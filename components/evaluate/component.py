@@ -1,7 +1,7 @@
-"""KFP wrapper for evaluate: metrics for the KFP UI, the report, and the gate as one string."""
+"""KFP wrapper for evaluate: metrics for the KFP UI, the reports, and the gate as one string."""
 
 from kfp import dsl
-from kfp.dsl import Artifact, ClassificationMetrics, Dataset, Input, Metrics, Model, Output
+from kfp.dsl import Artifact, ClassificationMetrics, Dataset, Input, Markdown, Metrics, Model, Output
 
 from components._shared.images import BASE_IMAGE
 
@@ -9,24 +9,32 @@ from components._shared.images import BASE_IMAGE
 @dsl.component(base_image=BASE_IMAGE, install_kfp_package=False)
 def evaluate(store_uri: str, model_name: str, min_accuracy: float, margin: float, run_id: str,
              snapshot: Input[Dataset], challenger: Input[Model], metrics: Output[Metrics],
-             confusion: Output[ClassificationMetrics], report: Output[Artifact]) -> str:
+             confusion: Output[ClassificationMetrics], report: Output[Artifact], summary: Output[Markdown],
+             alpha: float = 0.05, gate_test: str = "paired_bootstrap", hypothesis: str = "non_inferiority",
+             max_forgetting: float = 0.02) -> str:
     """Returns "pass" or "fail": the condition of the deploy step (a single output, see DESIGN 5)."""
     import json
     from pathlib import Path
 
     from components._shared.runtime import step
-    from components.evaluate.core import EvaluateConfig, evaluate_against_champion
+    from components.evaluate.core import EvaluateConfig, evaluate_against_champion, markdown_report
 
     with step("evaluate", store_uri, run_id) as store:
+        config = EvaluateConfig(min_accuracy=min_accuracy, margin=margin, alpha=alpha, gate_test=gate_test,
+                                hypothesis=hypothesis, max_forgetting=max_forgetting)
         result = evaluate_against_champion(store, model_name, snapshot.metadata["fingerprint"],
-                                           Path(challenger.path), EvaluateConfig(min_accuracy, margin))
+                                           Path(challenger.path), config)
         store.put_json(f"runs/{run_id}/evaluation.json", result)
     for side in ("challenger", "champion"):
-        for name in ("accuracy", "macro_f1"):
-            if result[side] is not None:
-                metrics.log_metric(f"{side}_{name}", result[side][name])
+        for name, value in (result[side] or {}).items():
+            if name in ("accuracy", "macro_f1", "ece"):
+                metrics.log_metric(f"{side}_{name}", value)
+        for slice_name, values in (result[side] or {}).get("slices", {}).items():
+            metrics.log_metric(f"{side}_{slice_name}_accuracy", values["accuracy"])
     labels = [str(c) for c in result["challenger"]["classes"]]
     confusion.log_confusion_matrix(labels, result["challenger"]["confusion_matrix"])
     with open(report.path, "w") as handle:
         json.dump(result, handle, indent=2)
+    with open(summary.path, "w") as handle:
+        handle.write(markdown_report(result))
     return result["gate"]["decision"]

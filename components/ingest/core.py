@@ -1,27 +1,37 @@
-"""Ingest: read every labelled batch of a dataset, split train/test by a stable hash of the
-example id, and publish a snapshot whose manifest (written last) carries per-object sha256."""
+"""Ingest: stream every labelled batch of a dataset record batch by record batch, check each one
+(collecting every problem across all batches before failing), split train/test by a stable hash
+of the example id, and publish a snapshot whose manifest (written last) carries per-object sha256.
+
+Incremental: batches the champion was trained on (its card's ``data.batches``, the watermark)
+contribute only a replay sample of their training rows (``replay_fraction`` of every class);
+new batches contribute everything. Test rows are always kept, so evaluation sees every one.
+"""
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import datetime as dt
 import hashlib
-import io
 import json
+import re
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from components._shared.dataset import (
-    BATCH, ID, LABEL, Finding, check_batch_table, decode_images, images_to_array, is_test_example,
-    list_batches,
+    BATCH, ID, IMAGE, LABEL, Finding, check_batch_table, is_test_example, list_batches, pixels_to_array,
+    raise_on_errors, stable_bucket,
 )
 from components._shared.errors import AlreadyExists, ConfigError, DataValidationError
-from components._shared.snapshot import SPLITS, read_manifest, snapshot_prefix
-from components._shared.store import Store, parquet_bytes, sha256_bytes
+from components._shared.registry import CHAMPION, Registry
+from components._shared.snapshot import SPLITS, SplitWriter, read_manifest, snapshot_prefix
+from components._shared.store import Store
 
-CONTRACT_VERSION = 1
+CONTRACT_VERSION = 2  # 2: streamed snapshots with label counts, label names and findings
+READ_ROWS = 2048  # rows per record batch: bounds memory whatever the dataset size
+MAX_EXAMPLES = 5
 
 
 @dataclasses.dataclass(frozen=True)
@@ -29,10 +39,15 @@ class IngestConfig:
     dataset: str = "digits"
     test_fraction: float = 0.2
     expected_fingerprint: str = ""  # computed before the run; "" = accept whatever is there
+    replay_fraction: float = 1.0  # share of each class's already-consumed training rows to keep
+    model: str = "digits"  # whose champion's card holds the watermark
 
     def __post_init__(self):
         if not 0.0 < self.test_fraction < 1.0:
             raise ConfigError(f"test_fraction {self.test_fraction} must be between 0 and 1")
+        if not 0.0 <= self.replay_fraction <= 1.0:
+            raise ConfigError(f"replay_fraction {self.replay_fraction} must be between 0 and 1",
+                              hint="1.0 replays all earlier data, 0.0 trains on new batches only")
 
 
 @dataclasses.dataclass
@@ -43,10 +58,20 @@ class IngestResult:
     rows: dict[str, int]
     image_shape: list[int]
     classes: list[int]
+    new_batches: list[str]  # taken whole; the others contributed a replay sample of their training rows
+    label_names: list[str] | None
 
 
-def compute_fingerprint(store: Store, dataset: str, test_fraction: float) -> str:
-    """A fingerprint of the data window from object ETags; cheap (no data is read on S3)."""
+def consumed_batches(store: Store, model: str) -> list[str]:
+    """The watermark: the batches the current champion was trained on ([] without a champion)."""
+    registry = Registry(store, model)
+    ref = registry.alias(CHAMPION)
+    if ref is None or not ref.version:
+        return []
+    return sorted(registry.card(ref.version).get("data", {}).get("batches", []))
+
+
+def _source(store: Store, dataset: str) -> dict[str, list[tuple[str, str]]]:
     batches = list_batches(store, dataset)
     if not batches:
         raise DataValidationError(
@@ -54,51 +79,179 @@ def compute_fingerprint(store: Store, dataset: str, test_fraction: float) -> str
             hint="seed sample data with `ctp data seed` or write datasets/<name>/batch=<id>/*.parquet",
             code="NO_DATA",
         )
-    entries = [(key, store.etag(key)) for keys in batches.values() for key in keys]
-    payload = json.dumps({"v": CONTRACT_VERSION, "test_fraction": test_fraction, "objects": entries})
-    return hashlib.sha256(payload.encode()).hexdigest()[:32]
+    return {batch: [(key, store.etag(key)) for key in keys] for batch, keys in batches.items()}
 
 
-def _read_batch(store: Store, batch: str, keys: list[str]) -> pa.Table:
-    tables = []
-    for key in keys:
+def _fingerprint(source: dict, test_fraction: float, replay_fraction: float, consumed: list[str]) -> str:
+    body: dict = {"v": CONTRACT_VERSION, "test_fraction": test_fraction,
+                  "objects": [list(entry) for entries in source.values() for entry in entries]}
+    if replay_fraction < 1.0:  # the window then depends on the watermark too
+        body["replay"] = {"fraction": replay_fraction, "consumed": consumed}
+    return hashlib.sha256(json.dumps(body).encode()).hexdigest()[:32]
+
+
+def compute_fingerprint(store: Store, dataset: str, test_fraction: float, replay_fraction: float = 1.0,
+                        model: str = "digits") -> str:
+    """A fingerprint of the data window from object ETags; cheap (no data is read on S3)."""
+    consumed = consumed_batches(store, model) if replay_fraction < 1.0 else []
+    return _fingerprint(_source(store, dataset), test_fraction, replay_fraction, consumed)
+
+
+class LabelMap:
+    """Integer labels pass through; string labels become class indices in order of first
+    appearance (sorted within a record batch), so indices stay put as batches accumulate."""
+
+    def __init__(self):
+        self.kind: str | None = None
+        self.names: list[str] = []
+        self._index: dict[str, int] = {}
+
+    def encode(self, column: pa.Array) -> np.ndarray | None:
+        kind = "int" if pa.types.is_integer(column.type) else "str"
+        if self.kind not in (None, kind):
+            return None
+        self.kind = kind
+        if kind == "int":
+            return column.to_numpy(zero_copy_only=False).astype(np.int64)
+        values = column.to_pylist()
+        for name in sorted(set(values) - self._index.keys()):
+            self._index[name] = len(self.names)
+            self.names.append(name)
+        return np.fromiter((self._index[v] for v in values), np.int64, len(values))
+
+
+def _merge(findings: list[Finding], new: Finding) -> None:
+    """One finding per (code, batch): counts add up, examples are kept up to MAX_EXAMPLES."""
+    for old in findings:
+        if (old.code, old.batch) == (new.code, new.batch):
+            if old.message.startswith(f"{old.count} "):  # messages lead with their count
+                old.message = re.sub(r"^\d+", str(old.count + new.count), old.message)
+            old.count += new.count
+            old.examples = (old.examples + [e for e in new.examples if e not in old.examples])[:MAX_EXAMPLES]
+            return
+    findings.append(new)
+
+
+class _Scan:
+    """One pass over the source: checks every record batch, streams good rows to the writers."""
+
+    def __init__(self, store: Store, prefix: str, config: IngestConfig, consumed: set[str]):
+        self.store, self.prefix, self.config, self.consumed = store, prefix, config, consumed
+        self.filesystem = store.arrow_filesystem()
+        self.findings: list[Finding] = []
+        self.writers: dict[str, SplitWriter] = {}
+        self.labels = LabelMap()
+        self.ids: set[str] = set()
+        self.label_counts: dict[str, collections.Counter] = {}
+        self.image_shape: tuple[int, ...] | None = None
+        self.first_batch = ""
+        self.replay_cut = int(round(config.replay_fraction * 10_000))
+
+    def has_errors(self) -> bool:
+        return any(f.severity == "error" for f in self.findings)
+
+    def add(self, code: str, batch: str, message: str, count: int = 1, examples=(), severity="error") -> None:
+        _merge(self.findings, Finding(code, severity, batch, message, count, list(examples)[:MAX_EXAMPLES]))
+
+    def read_batch(self, batch: str, keys: list[str]) -> None:
+        before = len(self.findings)
+        rows = sum(self.read_object(batch, key) for key in keys)
+        if rows == 0 and len(self.findings) == before:
+            self.add("EMPTY_BATCH", batch, "batch has no rows", 0)
+
+    def read_object(self, batch: str, key: str) -> int:
         try:
-            tables.append(pq.read_table(io.BytesIO(store.get_bytes(key))))
+            handle = self.filesystem.open_input_file(key)
+            if handle.size() == 0:
+                self.add("PARQUET_EMPTY_FILE", batch, f"{key} is a zero-byte file", 1, [key])
+                return 0
+            parquet = pq.ParquetFile(handle)
         except (pa.ArrowException, OSError) as err:
-            raise DataValidationError(f"batch={batch}: {key} is not a readable Parquet file ({err})",
-                                      hint="re-upload the batch or remove it", code="PARQUET_CORRUPT") from None
-    try:
-        table = pa.concat_tables(tables)
-    except pa.ArrowInvalid as err:
-        raise DataValidationError(f"batch={batch}: its files disagree on the schema ({err})",
-                                  code="SCHEMA_MISMATCH") from None
-    _raise_errors(check_batch_table(table, batch))
-    return table
+            self.add("PARQUET_CORRUPT", batch, f"{key} is not a readable Parquet file ({err})", 1, [key])
+            return 0
+        missing = [c for c in (ID, IMAGE, LABEL) if c not in parquet.schema_arrow.names]
+        if missing:
+            self.add("MISSING_COLUMN", batch, f"missing column(s) {', '.join(missing)}", len(missing), missing)
+            return 0
+        rows = 0
+        try:
+            for record_batch in parquet.iter_batches(batch_size=READ_ROWS):
+                rows += record_batch.num_rows
+                self.check_and_write(batch, record_batch)
+        except (pa.ArrowException, OSError) as err:
+            self.add("PARQUET_CORRUPT", batch, f"{key} cannot be read to the end ({err})", 1, [key])
+        return rows
 
+    def check_and_write(self, batch: str, record_batch: pa.RecordBatch) -> None:
+        findings, images = check_batch_table(record_batch, batch)
+        for finding in findings:
+            _merge(self.findings, finding)
+        if images is None:
+            return
+        if self.image_shape is None:
+            self.image_shape, self.first_batch = images.shape[1:], batch
+        if images.shape[1:] != self.image_shape:
+            self.add("IMAGE_SHAPE", batch, f"{len(images)} image(s) of shape {images.shape[1:]} differ from "
+                     f"batch={self.first_batch} {self.image_shape}", len(images))
+            return
+        labels = self.labels.encode(record_batch.column(LABEL))
+        if labels is None:
+            self.add("LABEL_DTYPE", batch, f"label type {record_batch.column(LABEL).type} differs from earlier "
+                     f"batches ({self.labels.kind})", record_batch.num_rows)
+            return
+        ids = record_batch.column(ID).to_pylist()
+        self.check_duplicates(batch, ids)
+        self.label_counts.setdefault(batch, collections.Counter()).update(labels.tolist())
+        if not self.has_errors():
+            self.write(batch, ids, images, labels)
 
-def _raise_errors(findings: list[Finding]) -> None:
-    errors = [f for f in findings if f.severity == "error"]
-    if errors:
-        first = errors[0]
-        raise DataValidationError(f"batch={first.batch}: {first.message}", code=first.code,
-                                  hint="fix or remove the batch, then re-run")
+    def check_duplicates(self, batch: str, ids: list[str]) -> None:
+        repeated = []
+        for example_id in ids:
+            if example_id in self.ids:
+                repeated.append(example_id)
+            self.ids.add(example_id)
+        if repeated:
+            self.add("DUPLICATE_ID", batch, f"{len(repeated)} example id(s) appeared before", len(repeated),
+                     repeated, severity="warning")
 
+    def write(self, batch: str, ids: list[str], images: np.ndarray, labels: np.ndarray) -> None:
+        is_test = np.fromiter((is_test_example(i, self.config.test_fraction) for i in ids), bool, len(ids))
+        keep_train = ~is_test
+        if batch in self.consumed and self.replay_cut < 10_000:
+            replay = np.fromiter((stable_bucket("replay:" + i) < self.replay_cut for i in ids), bool, len(ids))
+            keep_train &= replay
+        table = self.to_table(ids, images, labels, batch)
+        for split, mask in (("train", keep_train), ("test", is_test)):
+            self.writer(split, table.schema).write_table(table.filter(pa.array(mask)))
 
-def _normalise(table: pa.Table) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    images = decode_images(table)
-    return images, table.column(LABEL).to_numpy().astype(np.int64), table.column(ID).to_pylist()
+    def writer(self, split: str, schema: pa.Schema) -> SplitWriter:
+        if split not in self.writers:
+            self.writers[split] = SplitWriter(self.store, self.prefix + f"{split}.parquet", schema)
+        return self.writers[split]
 
+    @staticmethod
+    def to_table(ids: list[str], images: np.ndarray, labels: np.ndarray, batch: str) -> pa.Table:
+        image_array, field = pixels_to_array(images)
+        schema = pa.schema([pa.field(ID, pa.string()), pa.field(BATCH, pa.string()), field,
+                            pa.field(LABEL, pa.int64())])
+        return pa.Table.from_arrays([pa.array(ids, pa.string()), pa.array([batch] * len(ids), pa.string()),
+                                     image_array, pa.array(labels, pa.int64())], schema=schema)
 
-def _split_table(images: np.ndarray, labels: np.ndarray, ids: list[str], batches: list[str]) -> pa.Table:
-    image_array, field = images_to_array(images)
-    schema = pa.schema([pa.field(ID, pa.string()), pa.field(BATCH, pa.string()), field,
-                        pa.field(LABEL, pa.int64())])
-    return pa.Table.from_arrays([pa.array(ids, pa.string()), pa.array(batches, pa.string()), image_array,
-                                 pa.array(labels, pa.int64())], schema=schema)
+    def close(self) -> dict[str, dict]:
+        return {f"{split}.parquet": self.writers[split].close() for split in SPLITS if split in self.writers}
+
+    def abort(self) -> None:
+        for writer in self.writers.values():
+            if not writer.closed:
+                writer.close()
+            self.store.delete(writer.key)
 
 
 def ingest(store: Store, config: IngestConfig) -> IngestResult:
-    fingerprint = compute_fingerprint(store, config.dataset, config.test_fraction)
+    source = _source(store, config.dataset)
+    consumed = consumed_batches(store, config.model) if config.replay_fraction < 1.0 else []
+    fingerprint = _fingerprint(source, config.test_fraction, config.replay_fraction, consumed)
     if config.expected_fingerprint and config.expected_fingerprint != fingerprint:
         raise DataValidationError(
             f"data changed since the run was submitted (fingerprint {fingerprint}, "
@@ -108,39 +261,28 @@ def ingest(store: Store, config: IngestConfig) -> IngestResult:
     if store.exists(prefix + "manifest.json"):
         return _result(read_manifest(store, fingerprint))
 
-    source = list_batches(store, config.dataset)
-    parts: list[tuple[np.ndarray, np.ndarray, list[str], str]] = []
-    for batch, keys in source.items():
-        parts.append((*_normalise(_read_batch(store, batch, keys)), batch))
-    shapes = {p[0].shape[1:] for p in parts}
-    if len(shapes) > 1:
-        first, other = parts[0], next(p for p in parts if p[0].shape[1:] != parts[0][0].shape[1:])
-        raise DataValidationError(f"batch={other[3]}: image shape {other[0].shape[1:]} differs from "
-                                  f"batch={first[3]} {first[0].shape[1:]}", code="IMAGE_SHAPE",
-                                  hint="resize the images of that batch or remove it")
-    images = np.concatenate([p[0] for p in parts])
-    labels = np.concatenate([p[1] for p in parts])
-    ids = [i for p in parts for i in p[2]]
-    batches = [p[3] for p in parts for _ in p[2]]
-    is_test = np.array([is_test_example(i, config.test_fraction) for i in ids], dtype=bool)
-
-    objects, rows = {}, {}
-    for split, mask in (("train", ~is_test), ("test", is_test)):
-        keep = np.flatnonzero(mask)
-        table = _split_table(images[keep], labels[keep], [ids[i] for i in keep], [batches[i] for i in keep])
-        data = parquet_bytes(table)
-        store.put_bytes(prefix + f"{split}.parquet", data)  # blobs first; the manifest makes them real
-        objects[f"{split}.parquet"] = {"sha256": sha256_bytes(data), "rows": table.num_rows}
-        rows[split] = table.num_rows
+    scan = _Scan(store, prefix, config, set(consumed))
+    for batch, entries in source.items():
+        scan.read_batch(batch, [key for key, _ in entries])
+    if scan.has_errors() or not scan.writers:
+        scan.abort()
+        raise_on_errors(scan.findings, hint="fix or remove the batch, then re-run")
+    objects = scan.close()  # blobs first; the manifest makes them real
     manifest = {
+        "contract": CONTRACT_VERSION,
         "dataset": config.dataset,
         "fingerprint": fingerprint,
         "test_fraction": config.test_fraction,
         "created_at": dt.datetime.now(dt.timezone.utc).isoformat(),
-        "batches": {b: [{"key": k, "etag": store.etag(k)} for k in keys] for b, keys in source.items()},
+        "batches": {b: [{"key": k, "etag": e} for k, e in entries] for b, entries in source.items()},
+        "window": {"new": [b for b in source if b not in consumed], "replayed": [b for b in source if b in consumed],
+                   "replay_fraction": config.replay_fraction},
         "objects": objects,
-        "image_shape": list(images.shape[1:]),
-        "classes": sorted(set(labels.tolist())),
+        "image_shape": list(scan.image_shape),
+        "classes": sorted({c for counts in scan.label_counts.values() for c in counts}),
+        "label_names": scan.labels.names if scan.labels.kind == "str" else None,
+        "label_counts": {b: {str(c): n for c, n in sorted(counts.items())} for b, counts in scan.label_counts.items()},
+        "findings": [dataclasses.asdict(f) for f in scan.findings],
     }
     try:
         store.put_json(prefix + "manifest.json", manifest, create_only=True)
@@ -157,4 +299,6 @@ def _result(manifest: dict) -> IngestResult:
         rows={s: manifest["objects"][f"{s}.parquet"]["rows"] for s in SPLITS},
         image_shape=manifest["image_shape"],
         classes=manifest["classes"],
+        new_batches=manifest["window"]["new"],
+        label_names=manifest["label_names"],
     )

@@ -1,4 +1,5 @@
-"""KFP wrapper for train: fetch the champion for warm start, run torchrun, emit the model."""
+"""KFP wrapper for train: torchrun on this pod (DDP over its GPUs), or a Kubeflow Trainer TrainJob
+when num_nodes > 1; warm start from the champion; checkpoints under checkpoints/<run-id>/."""
 
 from kfp import dsl
 from kfp.dsl import Artifact, Dataset, Input, Model, Output
@@ -9,13 +10,17 @@ from components._shared.images import TRAINER_IMAGE
 @dsl.component(base_image=TRAINER_IMAGE, install_kfp_package=False)
 def train(store_uri: str, model_name: str, init: str, epochs: int, batch_size: int, lr: float, seed: int,
           nproc_per_node: int, run_id: str, snapshot: Input[Dataset], validation: Input[Artifact],
-          model: Output[Model]):
+          model: Output[Model], checkpoint_every: int = 0, num_nodes: int = 1, shrink_perturb: bool = False,
+          patience: int = 0, cluster: dict = {}):
     from components._shared.runtime import step
     from components.train.ddp import train_from_champion
 
     with step("train", store_uri, run_id) as store:
         meta = train_from_champion(store, store_uri, model_name, snapshot.metadata["fingerprint"], model.path,
-                                   init=init, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
-                                   nproc_per_node=nproc_per_node)
+                                   run_id=run_id, nproc_per_node=nproc_per_node, num_nodes=num_nodes,
+                                   cluster=cluster, init=init, epochs=epochs, batch_size=batch_size, lr=lr,
+                                   seed=seed, checkpoint_every=checkpoint_every, shrink_perturb=shrink_perturb,
+                                   patience=patience)
     model.metadata.update({"arch": meta["arch"], "init": meta["init"]["applied"],
-                           "parent_version": meta["parent_version"] or "", "framework": "pytorch+onnx"})
+                           "parent_version": meta["parent_version"] or "", "framework": "pytorch+onnx",
+                           "resumed_from_step": meta["checkpoints"]["resumed_from_step"] or 0})

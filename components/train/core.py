@@ -1,14 +1,21 @@
 """Train: the model, the (optionally distributed) training loop, warm start, and export.
 
 The loop runs the same in one process and under torchrun: ``train(config)`` reads the rank
-from the environment; only global rank 0 writes outputs.
+from the environment; only global rank 0 writes outputs and checkpoints. Every
+``checkpoint_every`` steps the full state goes to ``checkpoints/<run-id>/step-<n>/``
+(checkpoint.py); a (re)started run resumes from the newest complete one and continues exactly
+as if never stopped (same batches, same RNG). Continual learning: ``init`` scratch / warm / auto
+(a new class grows the head), optional shrink-and-perturb, early stopping on a validation split.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import os
+import signal
+import tempfile
 import time
 from pathlib import Path
 
@@ -17,13 +24,16 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 
+from components._shared.dataset import stable_bucket
 from components._shared.errors import ConfigError
 from components._shared.snapshot import Split, load_split, read_manifest
 from components._shared.store import open_store
+from components.train import checkpoint
 
 WEIGHTS_FILE, ONNX_FILE, META_FILE = "model.safetensors", "model.onnx", "meta.json"
 INIT_POLICIES = ("auto", "warm", "scratch")
 REFERENCE_ROWS = 1000
+SHRINK, PERTURB = 0.4, 0.1  # shrink-and-perturb factors from Ash & Adams (2020)
 
 
 @dataclasses.dataclass
@@ -36,14 +46,29 @@ class TrainConfig:
     lr: float = 2e-3
     seed: int = 0
     init: str = "auto"
-    init_weights: str = ""  # champion weights (safetensors) to warm-start from
+    init_weights: str = ""  # champion weights (safetensors) to warm-start from, a local file
     init_meta: str = ""  # the champion's meta.json, to check compatibility
+    model_name: str = ""  # with init_version: fetch the champion from the registry instead
+    init_version: str = ""
+    shrink_perturb: bool = False  # warm start only: shrink the weights and add fresh-init noise
+    patience: int = 0  # early stopping after this many epochs without validation gain; 0 = off
+    val_fraction: float = 0.1  # carved from train by a stable hash of the id, when patience > 0
+    run_id: str = ""  # names checkpoints/<run-id>/; a restarted worker resumes from there
+    checkpoint_every: int = 0  # optimizer steps between checkpoints; 0 = none
+    keep_checkpoints: int = 2  # newest complete checkpoints kept; 0 = all
+    output_prefix: str = ""  # also upload the outputs to the store here (multi-node pods)
 
     def __post_init__(self):
         if self.init not in INIT_POLICIES:
             raise ConfigError(f"init policy {self.init!r} unknown", hint=f"use one of {', '.join(INIT_POLICIES)}")
         if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:
             raise ConfigError("epochs and batch_size must be >= 1 and lr > 0")
+        if self.checkpoint_every < 0 or self.keep_checkpoints < 0 or self.patience < 0:
+            raise ConfigError("checkpoint_every, keep_checkpoints and patience must be >= 0")
+        if self.checkpoint_every and not self.run_id:
+            raise ConfigError("checkpoint_every needs a run_id to name checkpoints/<run-id>/")
+        if self.patience and not 0.0 < self.val_fraction < 1.0:
+            raise ConfigError(f"val_fraction {self.val_fraction} must be between 0 and 1")
 
     def save(self, path: Path) -> None:
         path.write_text(json.dumps(dataclasses.asdict(self), indent=2))
@@ -114,25 +139,42 @@ def setup_distributed() -> DistInfo:
     return DistInfo(dist.get_rank(), dist.get_world_size(), local_rank, backend)
 
 
-def initial_weights(model: nn.Module, config: TrainConfig, arch: str, image_shape: list[int]) -> dict:
-    """Apply the init policy; returns what was done, for the model card."""
-    if config.init == "scratch" or not config.init_weights:
+def initial_weights(model: nn.Module, config: TrainConfig, arch: str, image_shape: list[int],
+                    weights: str, meta_path: str) -> dict:
+    """Apply the init policy to ``model`` from the champion's files; returns what was done."""
+    if config.init == "scratch" or not weights:
         if config.init == "warm":
             raise ConfigError("init=warm but there is no champion to start from", hint="use init=auto")
         return {"policy": config.init, "applied": "scratch", "reason": "requested" if config.init == "scratch"
                 else "no champion"}
     from safetensors.torch import load_file
 
-    meta = json.loads(Path(config.init_meta).read_text())
+    meta = json.loads(Path(meta_path).read_text())
     if meta["arch"] != arch or list(meta["image_shape"]) != list(image_shape):
         if config.init == "warm":
             raise ConfigError("init=warm but the champion's architecture or image shape differs")
         return {"policy": config.init, "applied": "scratch", "reason": "champion incompatible"}
-    state = load_file(config.init_weights)
+    state = load_file(weights)
     own = model.state_dict()
     grown = _grow_head(state, own)
     model.load_state_dict(state)
-    return {"policy": config.init, "applied": "warm", "grown_classes": grown}
+    applied = {"policy": config.init, "applied": "warm", "grown_classes": grown}
+    if config.shrink_perturb:
+        applied["shrink_perturb"] = shrink_perturb(model)
+    return applied
+
+
+def shrink_perturb(model: nn.Module, shrink: float = SHRINK, perturb: float = PERTURB) -> dict:
+    """Ash & Adams (2020): theta <- shrink * theta + perturb * theta_fresh_init. A warm start keeps
+    what it knew but regains the plasticity that plain fine-tuning loses."""
+    fresh = copy.deepcopy(model)
+    for module in fresh.modules():
+        if hasattr(module, "reset_parameters"):
+            module.reset_parameters()
+    with torch.no_grad():
+        for param, noise in zip(model.parameters(), fresh.parameters(), strict=True):
+            param.mul_(shrink).add_(noise, alpha=perturb)
+    return {"shrink": shrink, "perturb": perturb}
 
 
 def _grow_head(state: dict, own: dict) -> int:
@@ -148,14 +190,49 @@ def _grow_head(state: dict, own: dict) -> int:
     return grown
 
 
-def _loader(split: Split, config: TrainConfig, info: DistInfo, epoch_seed: int):
-    from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
+def carve_validation(split: Split, fraction: float) -> tuple[Split, Split]:
+    """(train, validation) by a stable hash of the id, salted so it is independent of the test split."""
+    cut = int(round(fraction * 10_000))
+    is_val = np.array([stable_bucket("validation:" + i) < cut for i in split.ids], dtype=bool)
+    return split.where(~is_val), split.where(is_val)
 
-    dataset = TensorDataset(to_tensor(split.images), torch.from_numpy(split.labels))
-    sampler = DistributedSampler(dataset, num_replicas=info.world_size, rank=info.rank, shuffle=True,
-                                 seed=epoch_seed)
-    per_rank = max(1, config.batch_size // info.world_size)
-    return DataLoader(dataset, batch_size=per_rank, sampler=sampler), sampler
+
+@dataclasses.dataclass
+class Progress:
+    """Where training is: everything beyond tensors that a checkpoint must carry to resume exactly."""
+
+    step: int = 0
+    epoch_loss: float = 0.0
+    epoch_seen: int = 0
+    epoch_seconds: float = 0.0
+    train_seconds: float = 0.0  # optimizer steps only (no checkpoint or validation time)
+    history: list = dataclasses.field(default_factory=list)
+    best_val: float = -1.0
+    best_epoch: int = 0
+    stopped_early: bool = False
+
+
+@dataclasses.dataclass
+class FaultPlan:
+    """Test hook, used only by tests/reliability/test_kill_resume.py: with CTP_FAULT_KILL_AT_STEP=n
+    set, rank CTP_FAULT_RANK (default 1) SIGKILLs itself after step n, once: it first creates the
+    marker file CTP_FAULT_MARKER, and does nothing if that file exists."""
+
+    step: int
+    rank: int
+    marker: Path
+
+    @classmethod
+    def from_env(cls, env) -> "FaultPlan | None":
+        if not env.get("CTP_FAULT_KILL_AT_STEP"):
+            return None
+        return cls(int(env["CTP_FAULT_KILL_AT_STEP"]), int(env.get("CTP_FAULT_RANK", 1)),
+                   Path(env["CTP_FAULT_MARKER"]))
+
+    def maybe_kill(self, step: int, rank: int) -> None:
+        if step == self.step and rank == self.rank and not self.marker.exists():
+            self.marker.touch()
+            os.kill(os.getpid(), signal.SIGKILL)
 
 
 def train(config: TrainConfig) -> dict | None:
@@ -165,60 +242,218 @@ def train(config: TrainConfig) -> dict | None:
     store = open_store(config.store_uri)
     manifest = read_manifest(store, config.fingerprint)
     split = load_split(store, config.fingerprint, "train", manifest)
+    train_split, val_split = carve_validation(split, config.val_fraction) if config.patience else (split, None)
     image_shape = list(split.images.shape[1:])
-    classes = sorted(set(manifest["classes"]) | set(_champion_classes(config)))
-    num_classes = max(classes) + 1
     arch = architecture_for(image_shape)
-    model = build_model(arch, image_shape, num_classes)
-    init = initial_weights(model, config, arch, image_shape)
+    with tempfile.TemporaryDirectory() as tmp:
+        weights, meta_path = _champion_files(store, config, Path(tmp))
+        classes = sorted(set(manifest["classes"]) | set(_champion_classes(config, meta_path)))
+        model = build_model(arch, image_shape, max(classes) + 1)
+        init = initial_weights(model, config, arch, image_shape, weights, meta_path)
     device = torch.device(f"cuda:{info.local_rank}" if torch.cuda.is_available() else "cpu")
     model.to(device)
-    ddp_model = nn.parallel.DistributedDataParallel(model) if info.world_size > 1 else model
-    history = _fit(ddp_model, split, config, info, device)
+    if val_split is not None:
+        init["val_accuracy_before"] = _accuracy(model, val_split, device, info)
+    loop = _Loop(model, train_split, val_split, config, info, device, store)
+    progress = loop.run(FaultPlan.from_env(os.environ))
     if info.world_size > 1:
         dist.barrier()
         dist.destroy_process_group()
     if info.rank != 0:
         return None
-    meta = {"arch": arch, "image_shape": image_shape, "num_classes": num_classes, "classes": classes,
-            "init": init, "history": history, "world_size": info.world_size, "backend": info.backend,
-            "epochs": config.epochs, "batch_size": config.batch_size, "lr": config.lr, "seed": config.seed,
-            "fingerprint": config.fingerprint, "train_rows": len(split)}
-    write_outputs(model.cpu().eval(), split, meta, Path(config.out_dir))
+    meta = {"arch": arch, "image_shape": image_shape, "num_classes": max(classes) + 1, "classes": classes,
+            "init": init, "history": progress.history, "world_size": info.world_size, "backend": info.backend,
+            "amp": device.type == "cuda", "epochs": config.epochs, "batch_size": config.batch_size, "lr": config.lr,
+            "seed": config.seed, "fingerprint": config.fingerprint, "train_rows": len(train_split),
+            "train_seconds": progress.train_seconds, "steps": progress.step,
+            "early_stopping": loop.early_stopping_summary(progress),
+            "checkpoints": loop.checkpoint_summary()}
+    write_outputs(model.cpu().eval(), train_split, meta, Path(config.out_dir))
+    if config.output_prefix:
+        upload_outputs(store, Path(config.out_dir), config.output_prefix)
     return meta
 
 
-def _champion_classes(config: TrainConfig) -> list[int]:
-    if config.init == "scratch" or not config.init_meta:
+def _champion_files(store, config: TrainConfig, tmp: Path) -> tuple[str, str]:
+    """Local paths of the champion's weights and meta: given, fetched from the registry, or none."""
+    if config.init == "scratch" or not (config.init_weights or config.init_version):
+        return "", ""
+    if config.init_weights:
+        return config.init_weights, config.init_meta
+    from components._shared.registry import Registry
+
+    registry = Registry(store, config.model_name)
+    return (str(registry.fetch(config.init_version, WEIGHTS_FILE, tmp / WEIGHTS_FILE)),
+            str(registry.fetch(config.init_version, META_FILE, tmp / META_FILE)))
+
+
+def _champion_classes(config: TrainConfig, meta_path: str) -> list[int]:
+    if config.init == "scratch" or not meta_path:
         return []
-    return json.loads(Path(config.init_meta).read_text()).get("classes", [])
+    return json.loads(Path(meta_path).read_text()).get("classes", [])
 
 
-def _fit(model: nn.Module, split: Split, config: TrainConfig, info: DistInfo, device) -> list[dict]:
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
-    loss_fn = nn.CrossEntropyLoss()
-    history = []
-    loader, sampler = _loader(split, config, info, config.seed)
-    for epoch in range(config.epochs):
-        sampler.set_epoch(epoch)
-        model.train()
-        started, total, seen = time.perf_counter(), 0.0, 0
-        for x, y in loader:
-            x, y = x.to(device), y.to(device)
-            optimizer.zero_grad(set_to_none=True)
-            loss = loss_fn(model(x), y)
-            loss.backward()
-            optimizer.step()
-            total += loss.item() * len(y)
-            seen += len(y)
-        seconds = time.perf_counter() - started
-        entry = {"epoch": epoch + 1, "loss": total / max(seen, 1), "seconds": seconds,
-                 "examples_per_s": seen * info.world_size / max(seconds, 1e-9)}
-        history.append(entry)
-        if info.rank == 0:
-            print(f"[train] epoch {entry['epoch']}/{config.epochs} loss={entry['loss']:.4f} "
-                  f"{entry['examples_per_s']:.0f} ex/s (world={info.world_size})", flush=True)
-    return history
+@torch.no_grad()
+def _accuracy(model: nn.Module, split: Split, device, info: DistInfo) -> float:
+    """Accuracy on a held-out split; every rank computes it, rank 0's value is the one all use."""
+    model.eval()
+    correct = 0
+    for start in range(0, len(split), 1024):
+        x = to_tensor(split.images[start:start + 1024]).to(device)
+        y = torch.from_numpy(split.labels[start:start + 1024]).to(device)
+        correct += int((model(x).argmax(1) == y).sum())
+    model.train()
+    value = torch.tensor([correct / max(len(split), 1)], dtype=torch.float64)
+    if info.world_size > 1:
+        dist.broadcast(value, src=0)
+    return float(value.item())
+
+
+class _Loop:
+    """The training loop with checkpoints, resume and early stopping. AMP on CUDA only."""
+
+    def __init__(self, model: nn.Module, data: Split, val: Split | None, config: TrainConfig, info: DistInfo,
+                 device, store):
+        from torch.utils.data import DistributedSampler, TensorDataset
+
+        self.model, self.val, self.config, self.info, self.device, self.store = model, val, config, info, device, store
+        self.net = nn.parallel.DistributedDataParallel(model) if info.world_size > 1 else model
+        self.optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+        self.amp = device.type == "cuda"
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
+        self.loss_fn = nn.CrossEntropyLoss()
+        self.dataset = TensorDataset(to_tensor(data.images), torch.from_numpy(data.labels))
+        self.sampler = DistributedSampler(self.dataset, num_replicas=info.world_size, rank=info.rank, shuffle=True,
+                                          seed=config.seed)
+        self.per_rank = max(1, config.batch_size // info.world_size)
+        self.steps_per_epoch = -(-len(self.sampler) // self.per_rank)
+        self.best_state: dict[str, torch.Tensor] = {}
+        self.resumed_from: int | None = None
+
+    def run(self, fault: FaultPlan | None) -> Progress:
+        progress = self._resume() or Progress()
+        first_epoch = progress.step // self.steps_per_epoch
+        for epoch in range(first_epoch, self.config.epochs):
+            if progress.stopped_early:
+                break
+            skip = progress.step - epoch * self.steps_per_epoch
+            for x, y in self._batches(epoch, skip):
+                self._step(x, y, progress)
+                if progress.step % self.steps_per_epoch == 0:
+                    self._end_epoch(progress)
+                if self.config.checkpoint_every and progress.step % self.config.checkpoint_every == 0:
+                    self._save(progress)
+                if fault:
+                    fault.maybe_kill(progress.step, self.info.rank)
+        if self.best_state:
+            self.model.load_state_dict(self.best_state)
+        return progress
+
+    def _batches(self, epoch: int, skip_steps: int):
+        """This rank's batches of ``epoch`` in the seeded order, after the first ``skip_steps``."""
+        from torch.utils.data import DataLoader
+
+        self.sampler.set_epoch(epoch)
+        indices = list(self.sampler)[skip_steps * self.per_rank:]
+        return DataLoader(self.dataset, batch_size=self.per_rank, sampler=indices)
+
+    def _step(self, x, y, progress: Progress) -> None:
+        started = time.perf_counter()
+        x, y = x.to(self.device), y.to(self.device)
+        self.optimizer.zero_grad(set_to_none=True)
+        with torch.autocast(device_type=self.device.type, enabled=self.amp):
+            loss = self.loss_fn(self.net(x), y)
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        progress.step += 1
+        progress.epoch_loss += loss.item() * len(y)
+        progress.epoch_seen += len(y)
+        elapsed = time.perf_counter() - started
+        progress.epoch_seconds += elapsed
+        progress.train_seconds += elapsed
+
+    def _end_epoch(self, progress: Progress) -> None:
+        epoch = progress.step // self.steps_per_epoch
+        entry = {"epoch": epoch, "step": progress.step, "loss": progress.epoch_loss / max(progress.epoch_seen, 1),
+                 "seconds": progress.epoch_seconds,
+                 "examples_per_s": progress.epoch_seen * self.info.world_size / max(progress.epoch_seconds, 1e-9)}
+        if self.val is not None:
+            entry["val_accuracy"] = _accuracy(self.model, self.val, self.device, self.info)
+            self._early_stopping(entry["val_accuracy"], epoch, progress)
+        progress.history.append(entry)
+        progress.epoch_loss, progress.epoch_seen, progress.epoch_seconds = 0.0, 0, 0.0
+        if self.info.rank == 0:
+            val = f" val_acc={entry['val_accuracy']:.4f}" if "val_accuracy" in entry else ""
+            print(f"[train] epoch {epoch}/{self.config.epochs} step {progress.step} loss={entry['loss']:.4f}{val} "
+                  f"{entry['examples_per_s']:.0f} ex/s (world={self.info.world_size})", flush=True)
+
+    def _early_stopping(self, val_accuracy: float, epoch: int, progress: Progress) -> None:
+        if val_accuracy > progress.best_val:
+            progress.best_val, progress.best_epoch = val_accuracy, epoch
+            self.best_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        elif epoch - progress.best_epoch >= self.config.patience:
+            progress.stopped_early = True
+
+    def _save(self, progress: Progress) -> None:
+        if self.info.rank == 0:
+            optimizer_tensors, optimizer_rest = checkpoint.optimizer_to_parts(self.optimizer.state_dict())
+            groups = {"model": self.model.state_dict(), "optimizer": optimizer_tensors, "rng": checkpoint.rng_tensors()}
+            if self.best_state:
+                groups["best"] = self.best_state
+            state = {"progress": dataclasses.asdict(progress), "optimizer": optimizer_rest,
+                     "scaler": self.scaler.state_dict(), "identity": self._identity()}
+            prefix = checkpoint.save(self.store, self.config.run_id, progress.step, groups, state,
+                                     keep=self.config.keep_checkpoints)
+            print(f"[train] checkpoint {self.store.describe(prefix)}", flush=True)
+        if self.info.world_size > 1:
+            dist.barrier()  # no rank runs ahead of a checkpoint it might have to resume from
+
+    def _identity(self) -> dict:
+        """What must match for a checkpoint to be resumed by this run."""
+        c = self.config
+        return {"fingerprint": c.fingerprint, "batch_size": c.batch_size, "lr": c.lr, "seed": c.seed, "init": c.init,
+                "world_size": self.info.world_size}
+
+    def _resume(self) -> Progress | None:
+        if not self.config.checkpoint_every:
+            return None
+        step = checkpoint.latest_step(self.store, self.config.run_id)
+        if step is None:
+            return None
+        groups, state = checkpoint.load(self.store, self.config.run_id, step)
+        if state["identity"] != self._identity():
+            raise ConfigError(f"checkpoints/{self.config.run_id}/ belongs to a different training "
+                              f"({state['identity']})", hint="use a new run id, or delete that checkpoint folder")
+        self.model.load_state_dict(groups["model"])
+        self.optimizer.load_state_dict(checkpoint.optimizer_from_parts(groups["optimizer"], state["optimizer"]))
+        self.scaler.load_state_dict(state["scaler"])
+        checkpoint.restore_rng(groups["rng"])
+        self.best_state = groups.get("best", {})
+        self.resumed_from = step
+        if self.info.rank == 0:
+            print(f"[train] resumed from checkpoint step {step}", flush=True)
+        return Progress(**state["progress"])
+
+    def checkpoint_summary(self) -> dict:
+        return {"every": self.config.checkpoint_every, "run_id": self.config.run_id,
+                "resumed_from_step": self.resumed_from,
+                "restart_count": int(os.environ.get("TORCHELASTIC_RESTART_COUNT", 0))}
+
+    def early_stopping_summary(self, progress: Progress) -> dict | None:
+        if self.val is None:
+            return None
+        return {"patience": self.config.patience, "val_fraction": self.config.val_fraction,
+                "val_rows": len(self.val), "best_epoch": progress.best_epoch,
+                "best_val_accuracy": progress.best_val, "stopped_early": progress.stopped_early,
+                "epochs_run": len(progress.history)}
+
+
+def upload_outputs(store, out_dir: Path, prefix: str) -> None:
+    """Every output file, meta.json last (it is the marker that the rest is there)."""
+    names = sorted(p.name for p in out_dir.iterdir() if p.is_file() and p.name != META_FILE)
+    for name in [*names, META_FILE]:
+        store.put_file(prefix + name, out_dir / name)
 
 
 def write_outputs(model: nn.Module, split: Split, meta: dict, out_dir: Path) -> None:

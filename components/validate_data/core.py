@@ -1,18 +1,22 @@
 """Validate-data: check a snapshot against the champion's data contract, and test the new data
-for drift against the champion's reference sample. Errors stop the run before training."""
+for drift against the champion's reference sample. Errors stop the run before training.
+
+The report names every problem (code, severity, batch, count, examples) as JSON and Markdown;
+the drift report (KS decision, MMD second opinion, Chi-square on labels) comes with a PNG plot.
+"""
 
 from __future__ import annotations
 
-import collections
 import dataclasses
 import io
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
-from components._shared.dataset import Finding
-from components._shared.errors import DataValidationError
+from components._shared.dataset import BATCH, Finding, decode_images, raise_on_errors as raise_findings
 from components._shared.registry import CHAMPION, Registry
-from components._shared.snapshot import Split, load_split, read_manifest
+from components._shared.snapshot import read_manifest, read_split_table
 from components._shared.store import Store
 from components.validate_data import drift
 
@@ -24,6 +28,7 @@ class ValidateConfig:
     model: str = "digits"
     allow_new_classes: bool = False
     min_train_rows: int = 20
+    max_train_rows: int = 0  # 0: no upper bound
     drift_p_val: float = 0.05
 
 
@@ -32,6 +37,13 @@ class Champion:
     version: str
     card: dict
     reference: np.ndarray | None
+
+
+@dataclasses.dataclass
+class Validation:
+    report: dict
+    markdown: str
+    plot_png: bytes
 
 
 def load_champion(store: Store, model: str) -> Champion | None:
@@ -47,80 +59,157 @@ def load_champion(store: Store, model: str) -> Champion | None:
     return Champion(ref.version, card, reference)
 
 
-def check_snapshot(train: Split, champion: Champion | None, config: ValidateConfig) -> list[Finding]:
-    findings: list[Finding] = []
-    if len(train) < config.min_train_rows:
-        findings.append(Finding("ROW_COUNT", "error", "*", f"{len(train)} training rows; need at least "
-                                f"{config.min_train_rows}", len(train)))
-    duplicates = [i for i, n in collections.Counter(train.ids).items() if n > 1]
-    if duplicates:
-        findings.append(Finding("DUPLICATE_ID", "warning", "*", f"{len(duplicates)} example id(s) repeat",
-                                len(duplicates), duplicates[:5]))
+def check_snapshot(manifest: dict, champion: Champion | None, config: ValidateConfig) -> list[Finding]:
+    """Ingest's warnings plus the checks against the row bounds and the champion's contract."""
+    findings = [Finding(**f) for f in manifest.get("findings", [])]
+    rows = manifest["objects"]["train.parquet"]["rows"]
+    if rows < config.min_train_rows:
+        findings.append(Finding("ROW_COUNT", "error", "*", f"{rows} training rows; need at least "
+                                f"{config.min_train_rows}", rows))
+    if config.max_train_rows and rows > config.max_train_rows:
+        findings.append(Finding("ROW_COUNT", "error", "*", f"{rows} training rows; expected at most "
+                                f"{config.max_train_rows}", rows))
     if champion is None:
         return findings
     data = champion.card.get("data", {})
     shape = tuple(data.get("image_shape", ()))
-    if shape and tuple(train.images.shape[1:]) != shape:
-        findings.append(Finding("IMAGE_SHAPE", "error", train.batches[0] if len(train) else "*",
-                                f"image shape {tuple(train.images.shape[1:])} differs from the champion's {shape}"))
+    if shape and tuple(manifest["image_shape"]) != shape:
+        findings.append(Finding("IMAGE_SHAPE", "error", next(iter(manifest["batches"]), "*"),
+                                f"image shape {tuple(manifest['image_shape'])} differs from the champion's {shape}"))
     known = set(data.get("classes", []))
     if known:
-        findings += _new_class_findings(train, known, config.allow_new_classes)
+        findings += _new_class_findings(manifest, known, config.allow_new_classes)
     return findings
 
 
-def _new_class_findings(train: Split, known: set[int], allowed: bool) -> list[Finding]:
+def _new_class_findings(manifest: dict, known: set[int], allowed: bool) -> list[Finding]:
+    names = manifest.get("label_names")
     findings = []
-    for batch in sorted(set(train.batches)):
-        labels = train.labels[np.asarray(train.batches) == batch]
-        new = sorted(set(labels.tolist()) - known)
+    for batch, counts in manifest["label_counts"].items():
+        new = sorted(int(c) for c in counts if int(c) not in known)
         if new:
-            severity = "warning" if allowed else "error"
-            findings.append(Finding("LABEL_NEW_CLASS", severity, batch,
-                                    f"label(s) {new} are not among the champion's classes",
-                                    int(np.isin(labels, new).sum()), new[:5]))
+            shown = [names[c] for c in new] if names else new
+            findings.append(Finding("LABEL_NEW_CLASS", "warning" if allowed else "error", batch,
+                                    f"label(s) {shown[:5]} are not among the champion's classes",
+                                    sum(counts[str(c)] for c in new), shown[:5]))
     return findings
 
 
-def drift_window(train: Split, champion: Champion | None) -> Split:
-    """The data the champion has not seen: batches newer than its training window."""
-    if champion is None:
-        return train
-    seen = set(champion.card.get("data", {}).get("batches", []))
-    new = train.where(np.array([b not in seen for b in train.batches], dtype=bool))
-    return new if len(new) else train
+def window_batches(manifest: dict, champion: Champion | None) -> list[str]:
+    """The data the champion has not seen: batches newer than its training window (all if none)."""
+    seen = set(champion.card.get("data", {}).get("batches", [])) if champion else set()
+    new = [b for b in manifest["batches"] if b not in seen]
+    return new or list(manifest["batches"])
 
 
-def validate(store: Store, fingerprint: str, config: ValidateConfig) -> dict:
-    """Returns the report; raises DataValidationError (after building the report) on errors."""
+def _label_counts(manifest: dict, batches: list[str]) -> dict[int, int]:
+    total: dict[int, int] = {}
+    for batch in batches:
+        for label, count in manifest["label_counts"].get(batch, {}).items():
+            total[int(label)] = total.get(int(label), 0) + count
+    return total
+
+
+def _window_features(store: Store, fingerprint: str, manifest: dict, batches: list[str]) -> np.ndarray:
+    table = read_split_table(store, fingerprint, "train", manifest)
+    table = table.filter(pc.is_in(table.column(BATCH), value_set=pa.array(batches, pa.string())))
+    return drift.features(decode_images(table))
+
+
+def drift_report(store: Store, fingerprint: str, manifest: dict, champion: Champion | None,
+                 config: ValidateConfig) -> tuple[dict, bytes]:
+    """KS decides feature drift, MMD gives a second opinion, Chi-square tests the labels."""
+    batches = window_batches(manifest, champion)
+    window = _window_features(store, fingerprint, manifest, batches)
+    base = {"window_batches": batches, "n_window": int(len(window))}
+    if champion is None or champion.reference is None:
+        report = {**base, "decision": "no_reference", "is_drift": False, "reason": "no champion yet"}
+        return report, drift.plot_png(report, None, window.mean(axis=0) if len(window) else np.zeros(64))
+    seen = champion.card.get("data", {}).get("batches", [])
+    ks = drift.ks_drift(champion.reference, window, config.drift_p_val)
+    mmd = drift.mmd_drift(champion.reference, window, config.drift_p_val)
+    labels = drift.label_drift(_label_counts(manifest, seen), _label_counts(manifest, batches), config.drift_p_val)
+    if ks["decision"] == "insufficient_data":
+        decision = "insufficient_data"
+    else:
+        decision = "drift" if ks["is_drift"] or labels["is_drift"] else "no_drift"
+    report = {**base, "decision": decision, "is_drift": decision == "drift", "reference_version": champion.version,
+              "n_reference": int(len(champion.reference)), "features": ks, "mmd": mmd, "labels": labels,
+              "mmd_agrees": mmd["decision"] == ks["decision"]}
+    return report, drift.plot_png(report, champion.reference.mean(axis=0), window.mean(axis=0))
+
+
+def validate(store: Store, fingerprint: str, config: ValidateConfig) -> Validation:
+    """Builds the whole report (it never stops early); call raise_on_errors to stop the run."""
     manifest = read_manifest(store, fingerprint)
-    train = load_split(store, fingerprint, "train", manifest)
     champion = load_champion(store, config.model)
-    findings = check_snapshot(train, champion, config)
+    findings = check_snapshot(manifest, champion, config)
+    drift_result, plot = drift_report(store, fingerprint, manifest, champion, config)
     report = {
         "fingerprint": fingerprint,
         "champion": champion.version if champion else None,
-        "rows": {"train": len(train)},
+        "rows": {split: manifest["objects"][f"{split}.parquet"]["rows"] for split in ("train", "test")},
         "findings": [dataclasses.asdict(f) for f in findings],
-        "drift": _drift(train, champion, config),
+        "drift": drift_result,
+        "status": "fail" if any(f.severity == "error" for f in findings) else "pass",
     }
-    errors = [f for f in findings if f.severity == "error"]
-    report["status"] = "fail" if errors else "pass"
-    return report
+    return Validation(report, report_markdown(report), plot)
 
 
-def _drift(train: Split, champion: Champion | None, config: ValidateConfig) -> dict:
-    if champion is None or champion.reference is None:
-        return {"decision": "no_reference", "is_drift": False, "reason": "no champion yet"}
-    window = drift_window(train, champion)
-    result = drift.ks_drift(champion.reference, drift.features(window.images), config.drift_p_val)
-    return {**result, "reference_version": champion.version, "window_batches": sorted(set(window.batches))}
+def publish(store: Store, run_id: str, validation: Validation) -> dict[str, str]:
+    """Writes the report, its Markdown, the drift report and its plot under runs/<run-id>/."""
+    keys = {name: f"runs/{run_id}/{name}" for name in ("validation.json", "validation.md", "drift.json", "drift.png")}
+    store.put_json(keys["validation.json"], validation.report)
+    store.put_bytes(keys["validation.md"], validation.markdown.encode())
+    store.put_json(keys["drift.json"], validation.report["drift"])
+    store.put_bytes(keys["drift.png"], validation.plot_png)
+    return keys
 
 
 def raise_on_errors(report: dict) -> None:
-    errors = [f for f in report["findings"] if f["severity"] == "error"]
-    if errors:
-        first = errors[0]
-        more = f" (+{len(errors) - 1} more)" if len(errors) > 1 else ""
-        raise DataValidationError(f"batch={first['batch']}: {first['message']}{more}", code=first["code"],
-                                  hint="fix or remove the batch, then re-run; the champion is unchanged")
+    raise_findings([Finding(**f) for f in report["findings"]],
+                   hint="fix or remove the batch, then re-run; the champion is unchanged")
+
+
+def _cell(value) -> str:
+    return str(value).replace("|", "\\|").replace("\n", " ")
+
+
+def report_markdown(report: dict) -> str:
+    """The report as Markdown for the KFP UI: status, every finding, and the drift tests."""
+    rows = report["rows"]
+    lines = [f"# Data validation: {report['status'].upper()}", "",
+             f"fingerprint `{report['fingerprint']}` · champion `{report['champion'] or 'none'}` · "
+             f"rows: train {rows['train']}, test {rows['test']}", "", "## Findings", ""]
+    if report["findings"]:
+        lines += ["| code | severity | batch | count | examples | message |", "|---|---|---|---|---|---|"]
+        lines += [f"| {f['code']} | {f['severity']} | {_cell(f['batch'])} | {f['count']} | "
+                  f"{_cell(', '.join(map(str, f['examples'])))} | {_cell(f['message'])} |" for f in report["findings"]]
+    else:
+        lines.append("No problems found.")
+    lines += ["", *_drift_markdown(report["drift"])]
+    return "\n".join(lines) + "\n"
+
+
+def _drift_markdown(result: dict) -> list[str]:
+    lines = [f"## Drift: {result['decision']}", "",
+             f"window: batches {', '.join(result['window_batches'])} ({result['n_window']} rows)"]
+    if "features" not in result:
+        return lines + ["", result.get("reason", "")]
+    lines += [f"reference: champion `{result['reference_version']}` ({result['n_reference']} rows)", "",
+              "| test | what | p-value | threshold | decision |", "|---|---|---|---|---|"]
+    ks, mmd, labels = result["features"], result["mmd"], result["labels"]
+    lines.append(_test_row(f"KS, {ks.get('n_features', 64)} features, Bonferroni",
+                           f"{ks.get('features_drifted', '-')} feature(s) drifted", ks.get("min_p_val"),
+                           ks.get("threshold"), ks))
+    lines.append(_test_row(f"MMD (second opinion, {mmd['n_reference']} vs {mmd['n_window']} rows)",
+                           f"MMD² {mmd.get('mmd2', float('nan')):.2e}", mmd.get("p_value"), mmd["p_val"], mmd))
+    lines.append(_test_row("Chi-square on labels", f"classes {labels['classes']}", labels.get("p_value"),
+                           labels["p_val"], labels))
+    return lines
+
+
+def _test_row(name: str, what: str, p_value, threshold, result: dict) -> str:
+    shown = "-" if p_value is None else f"{p_value:.3g}"
+    limit = "-" if threshold is None else f"{threshold:.3g}"
+    return f"| {name} | {what} | {shown} | {limit} | {result['decision']} |"

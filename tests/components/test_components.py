@@ -31,9 +31,12 @@ def test_the_five_wrappers_chain_on_real_artifacts(tmp_path):
     assert json.loads(open(snapshot.path).read())["rows"]["train"] == snapshot.metadata["train"]
 
     report = artifact(dsl.Artifact, tmp_path, "validation")
+    markdown, plot = artifact(dsl.Markdown, tmp_path, "validation-md"), artifact(dsl.Artifact, tmp_path, "drift-png")
     validate_data.python_func(store_uri=uri, model="digits", allow_new_classes=False, run_id=run_id,
-                              snapshot=snapshot, report=report)
+                              snapshot=snapshot, report=report, report_markdown=markdown, drift_plot=plot)
     assert report.metadata["status"] == "pass" and store.exists(f"runs/{run_id}/validation.json")
+    assert open(markdown.path).read().startswith("# Data validation: PASS")
+    assert open(plot.path, "rb").read(8) == b"\x89PNG\r\n\x1a\n" and store.exists(f"runs/{run_id}/drift.png")
 
     model = artifact(dsl.Model, tmp_path, "model")
     train.python_func(store_uri=uri, model_name="digits", init="auto", epochs=2, batch_size=64, lr=0.002, seed=0,
@@ -44,8 +47,9 @@ def test_the_five_wrappers_chain_on_real_artifacts(tmp_path):
     evaluation = artifact(dsl.Artifact, tmp_path, "evaluation")
     gate = evaluate.python_func(store_uri=uri, model_name="digits", min_accuracy=0.5, margin=0.01, run_id=run_id,
                                 snapshot=snapshot, challenger=model, metrics=metrics, confusion=confusion,
-                                report=evaluation)
+                                report=evaluation, summary=artifact(dsl.Markdown, tmp_path, "summary"))
     assert gate == "pass" and 0.5 <= metrics.metadata["challenger_accuracy"] <= 1.0
+    assert open(tmp_path / "summary").read().startswith("# Evaluation: gate PASS")
     assert len(confusion.metadata["confusionMatrix"]["rows"]) == 10
 
     decision = artifact(dsl.Artifact, tmp_path, "decision")

@@ -6,7 +6,7 @@ from components._shared.dataset import is_test_example
 from components._shared.errors import DataValidationError, IntegrityError
 from components._shared.sampledata import SeedConfig, seed_digits
 from components._shared.snapshot import load_split, read_manifest
-from components._shared.store import parquet_bytes
+from components._shared.store import LocalStore, parquet_bytes
 from components.ingest.core import IngestConfig, compute_fingerprint, ingest
 from tests.helpers import digits_table, write_batch
 
@@ -106,3 +106,50 @@ def test_flipped_byte_in_snapshot_is_detected(local_store):
     local_store.put_bytes(key, bytes(data))
     with pytest.raises(IntegrityError):
         load_split(local_store, result.fingerprint, "train")
+
+
+def test_replay_keeps_new_batches_whole_and_a_stratified_share_of_old_ones(local_store, tmp_path):
+    from tests.unit.test_data_checks import publish_champion
+
+    seed_digits(local_store, SeedConfig(batches=2))
+    everything = ingest(local_store, IngestConfig())
+    publish_champion(local_store, tmp_path, everything.fingerprint)
+    seed_digits(local_store, SeedConfig(batches=1, append=True, seed=3))
+    full = ingest(local_store, IngestConfig())
+    assert compute_fingerprint(local_store, "digits", 0.2) == full.fingerprint  # replay 1.0: today's behaviour
+    half = ingest(local_store, IngestConfig(replay_fraction=0.5))
+    assert half.fingerprint != full.fingerprint
+    assert half.fingerprint == compute_fingerprint(local_store, "digits", 0.2, replay_fraction=0.5)
+    assert half.new_batches == ["0002"] and full.new_batches == ["0000", "0001", "0002"]  # taken whole
+    full_train = load_split(local_store, full.fingerprint, "train")
+    half_train = load_split(local_store, half.fingerprint, "train")
+    old = lambda split: np.isin(split.batches, ["0000", "0001"])  # noqa: E731
+    assert sorted(np.array(half_train.ids)[~old(half_train)]) == sorted(np.array(full_train.ids)[~old(full_train)])
+    assert set(half_train.ids) < set(full_train.ids)
+    kept = (np.bincount(half_train.labels[old(half_train)], minlength=10)
+            / np.bincount(full_train.labels[old(full_train)], minlength=10))
+    assert np.all(np.abs(kept - 0.5) < 0.12), kept  # every class keeps about half of its old rows
+    assert load_split(local_store, half.fingerprint, "test").ids == load_split(local_store, full.fingerprint, "test").ids
+
+
+def test_replay_fraction_must_be_a_share():
+    from components._shared.errors import ConfigError
+
+    with pytest.raises(ConfigError):
+        IngestConfig(replay_fraction=1.5)
+
+
+def test_snapshot_streamed_in_small_record_batches_is_the_same_data(local_store, monkeypatch):
+    from components.ingest import core
+
+    seed_digits(local_store, SeedConfig(batches=2))
+    whole = load_split(local_store, ingest(local_store, IngestConfig()).fingerprint, "train")
+    other = LocalStore(local_store.root.parent / "other")
+    seed_digits(other, SeedConfig(batches=2))
+    monkeypatch.setattr(core, "READ_ROWS", 64)
+    result = ingest(other, IngestConfig())
+    streamed = load_split(other, result.fingerprint, "train")
+    manifest = read_manifest(other, result.fingerprint)
+    assert streamed.ids == whole.ids and np.array_equal(streamed.images, whole.images)
+    assert np.array_equal(streamed.labels, whole.labels)
+    assert sum(sum(c.values()) for c in manifest["label_counts"].values()) == sum(result.rows.values())

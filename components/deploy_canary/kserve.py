@@ -1,0 +1,274 @@
+"""KServe target: one InferenceService serves the champion; a new version is rolled out to it
+with ``canaryTrafficPercent``, watched for N intervals, then promoted or rolled back.
+
+Objects are built with the kubernetes client's models and sent through ``CustomObjectsApi``
+(the InferenceService) and ``CoreV1Api`` (the S3 secret and service account KServe's storage
+initializer reads). Patches are JSON merge patches: ``null`` removes a field.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+import urllib.parse
+import urllib.request
+from pathlib import Path
+from typing import Callable, Protocol
+
+import numpy as np
+
+from components._shared.errors import ConfigError
+from components._shared.store import Store, read_parquet
+from components.deploy_canary.core import NO_TRAFFIC, DeployConfig, compare_predictions
+from components.evaluate.core import onnx_probabilities
+
+GROUP, VERSION, PLURAL, KIND = "serving.kserve.io", "v1beta1", "inferenceservices", "InferenceService"
+S3_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")  # the keys KServe's storage initializer reads
+# Knative queue-proxy metrics of the canary revision (serverless mode); override for raw deployments.
+ERROR_RATE_QUERY = ('sum(rate(revision_request_count{{namespace_name="{namespace}",revision_name="{revision}",'
+                    'response_code_class!="2xx"}}[{window}s])) / sum(rate(revision_request_count{{'
+                    'namespace_name="{namespace}",revision_name="{revision}"}}[{window}s]))')
+P99_LATENCY_QUERY = ('histogram_quantile(0.99, sum by (le) (rate(revision_request_latencies_bucket{{'
+                     'namespace_name="{namespace}",revision_name="{revision}"}}[{window}s]))) / 1000')
+
+
+@dataclasses.dataclass(frozen=True)
+class KServeConfig:
+    name: str = "digits"  # the InferenceService
+    namespace: str = "ctp"
+    service_account: str = "ctp-kserve"
+    s3_secret: str = "ctp-kserve-s3"
+    s3_endpoint: str = ""  # host:port of MinIO, as KServe's storage initializer reaches it
+    s3_use_https: bool = False
+    canary_percent: int = 10
+    intervals: int = 3
+    interval_seconds: float = 60.0
+    ready_timeout_seconds: float = 600.0
+    prometheus_url: str = ""  # "" = no error-rate / latency checks
+    max_error_rate: float = 0.01
+    max_p99_latency_seconds: float = 0.5
+
+    def __post_init__(self):
+        if not 0 < self.canary_percent < 100:
+            raise ConfigError(f"canary_percent={self.canary_percent} must be between 1 and 99")
+        if self.intervals < 1 or self.interval_seconds < 0:
+            raise ConfigError("intervals must be >= 1 and interval_seconds >= 0")
+        if not self.s3_endpoint:
+            raise ConfigError("the KServe target needs the S3 endpoint KServe reads models from",
+                              hint="set MINIO_ENDPOINT (or s3_endpoint) to MinIO's in-cluster host:port")
+
+
+def storage_uri(store_uri: str, model: str, version: str) -> str:
+    """The version's folder on MinIO; KServe's ONNX runtime loads the model.onnx inside it."""
+    if not store_uri.startswith("s3://"):
+        raise ConfigError(f"store {store_uri} is not on S3; KServe can only load models from s3://",
+                          hint="run with --store s3://bucket/prefix, or deploy_target=local")
+    return f"{store_uri.rstrip('/')}/models/{model}/versions/{version}/"
+
+
+def s3_secret(config: KServeConfig, access_key: str, secret_key: str):
+    from kubernetes import client
+
+    return client.V1Secret(
+        api_version="v1", kind="Secret", type="Opaque",
+        metadata=client.V1ObjectMeta(name=config.s3_secret, namespace=config.namespace, annotations={
+            "serving.kserve.io/s3-endpoint": config.s3_endpoint,
+            "serving.kserve.io/s3-usehttps": "1" if config.s3_use_https else "0"}),
+        string_data=dict(zip(S3_KEYS, (access_key, secret_key))))
+
+
+def service_account(config: KServeConfig):
+    from kubernetes import client
+
+    return client.V1ServiceAccount(
+        api_version="v1", kind="ServiceAccount",
+        metadata=client.V1ObjectMeta(name=config.service_account, namespace=config.namespace),
+        secrets=[client.V1ObjectReference(name=config.s3_secret)])
+
+
+def inference_service(config: KServeConfig, uri: str, version: str) -> dict:
+    from kubernetes import client
+
+    metadata = client.V1ObjectMeta(name=config.name, namespace=config.namespace,
+                                   labels={"app.kubernetes.io/part-of": "ctp"},
+                                   annotations={"ctp.dev/version": version})
+    return {"apiVersion": f"{GROUP}/{VERSION}", "kind": KIND,
+            "metadata": client.ApiClient().sanitize_for_serialization(metadata),
+            "spec": {"predictor": {"serviceAccountName": config.service_account,
+                                   "model": {"modelFormat": {"name": "onnx"}, "storageUri": uri}}}}
+
+
+def canary_patch(uri: str, version: str, percent: int) -> dict:
+    return {"metadata": {"annotations": {"ctp.dev/version": version}},
+            "spec": {"predictor": {"canaryTrafficPercent": percent, "model": {"storageUri": uri}}}}
+
+
+PROMOTE_PATCH = {"spec": {"predictor": {"canaryTrafficPercent": None}}}  # the canary takes all traffic
+ROLLBACK_PATCH = {"spec": {"predictor": {"canaryTrafficPercent": 0}}}  # all traffic back to the last good revision
+
+
+class PredictionLog(Protocol):
+    """Requests the canary served and what it answered (KServe's payload logger writes them)."""
+
+    def canary_window(self, version: str, interval: int) -> tuple[np.ndarray, np.ndarray]: ...
+
+
+class StorePredictionLog:
+    """Logged predictions in the store: ``predictions/<model>/version=<v>/*.parquet`` with the
+    columns of a traffic batch plus ``probs`` (the served probabilities). Each window returns
+    the objects that appeared since the previous one."""
+
+    def __init__(self, store: Store, model: str):
+        self.store, self.model, self.seen = store, model, set()
+
+    def canary_window(self, version: str, interval: int) -> tuple[np.ndarray, np.ndarray]:
+        from components._shared.dataset import decode_images
+
+        fresh = [k for k in self.store.list(f"predictions/{self.model}/version={version}/")
+                 if k.endswith(".parquet") and k not in self.seen]
+        self.seen.update(fresh)
+        tables = [read_parquet(self.store, k) for k in fresh]
+        if not tables:
+            return np.zeros((0, 1, 1, 1), np.uint8), np.zeros((0, 1), np.float32)
+        return (np.concatenate([decode_images(t) for t in tables]),
+                np.concatenate([np.asarray(t.column("probs").to_pylist(), np.float32) for t in tables]))
+
+
+def prometheus_value(url: str, query: str, opener: Callable = urllib.request.urlopen) -> float | None:
+    import json
+
+    with opener(f"{url.rstrip('/')}/api/v1/query?{urllib.parse.urlencode({'query': query})}", timeout=10) as reply:
+        result = json.loads(reply.read())["data"]["result"]
+    return float(result[0]["value"][1]) if result else None
+
+
+def rollout_in_cluster(store: Store, model: str, config: KServeConfig, env: dict) -> "KServeRollout":
+    """The real APIs from the pod's service account, logged predictions from the store. Refuses
+    a non-S3 store before anything is published, and writes the S3 secret and service account
+    the predictor needs (credentials from the step's environment, never from the YAML)."""
+    from kubernetes import client
+    from kubernetes import config as kube_config
+
+    storage_uri(store.uri, model, "version")
+    kube_config.load_incluster_config()
+    rollout = KServeRollout(client.CustomObjectsApi(), client.CoreV1Api(), config, StorePredictionLog(store, model))
+    rollout.apply_credentials(env["MINIO_ACCESS_KEY"], env["MINIO_SECRET_KEY"])
+    return rollout
+
+
+class KServeRollout:
+    """Drives one InferenceService through canary -> promote | rollback (see core.deploy)."""
+
+    def __init__(self, custom_api, core_api, config: KServeConfig, predictions: PredictionLog, *,
+                 sleep: Callable[[float], None] = time.sleep, opener: Callable = urllib.request.urlopen):
+        self.custom, self.core, self.config = custom_api, core_api, config
+        self.predictions, self.sleep, self.opener = predictions, sleep, opener
+        self.created = False
+
+    def _isvc(self, **kwargs):
+        return dict(group=GROUP, version=VERSION, namespace=self.config.namespace, plural=PLURAL, **kwargs)
+
+    def apply_credentials(self, access_key: str, secret_key: str) -> None:
+        """Create or replace the S3 secret and the service account the predictor runs as."""
+        from kubernetes.client.exceptions import ApiException
+
+        ns = self.config.namespace
+        for body, create, replace in (
+                (s3_secret(self.config, access_key, secret_key), self.core.create_namespaced_secret,
+                 self.core.replace_namespaced_secret),
+                (service_account(self.config), self.core.create_namespaced_service_account,
+                 self.core.replace_namespaced_service_account)):
+            try:
+                create(ns, body)
+            except ApiException as err:
+                if err.status != 409:
+                    raise
+                replace(body.metadata.name, ns, body)
+
+    def current(self) -> dict | None:
+        from kubernetes.client.exceptions import ApiException
+
+        try:
+            return self.custom.get_namespaced_custom_object(**self._isvc(name=self.config.name))
+        except ApiException as err:
+            if err.status == 404:
+                return None
+            raise
+
+    def start(self, uri: str, version: str) -> None:
+        """Create the InferenceService (first model) or patch it to canary the new version."""
+        if self.current() is None:
+            self.custom.create_namespaced_custom_object(**self._isvc(body=inference_service(self.config, uri, version)))
+            self.created = True
+        else:
+            self.custom.patch_namespaced_custom_object(
+                **self._isvc(name=self.config.name, body=canary_patch(uri, version, self.config.canary_percent)))
+
+    def wait_ready(self) -> dict | None:
+        """The InferenceService status once Ready=True, or None at the timeout."""
+        deadline = time.monotonic() + self.config.ready_timeout_seconds
+        while True:
+            status = (self.current() or {}).get("status", {})
+            if any(c.get("type") == "Ready" and c.get("status") == "True" for c in status.get("conditions", [])):
+                return status
+            if time.monotonic() >= deadline:
+                return None
+            self.sleep(min(5.0, self.config.interval_seconds or 5.0))
+
+    def serving_checks(self, revision: str) -> dict:
+        """Error rate and p99 latency of the canary revision, when Prometheus is configured."""
+        if not self.config.prometheus_url:
+            return {}
+        values = {"namespace": self.config.namespace, "revision": revision,
+                  "window": max(int(self.config.interval_seconds), 30)}
+        return {"error_rate": prometheus_value(self.config.prometheus_url, ERROR_RATE_QUERY.format(**values),
+                                               self.opener),
+                "p99_latency_seconds": prometheus_value(self.config.prometheus_url,
+                                                        P99_LATENCY_QUERY.format(**values), self.opener)}
+
+    def analyse(self, registry, version: str, champion_onnx: Path | None, config: DeployConfig) -> dict:
+        """Canary the version, then judge it over N intervals; stops at the first failing one."""
+        uri = storage_uri(registry.store.uri, registry.model, version)
+        self.start(uri, version)
+        status = self.wait_ready()
+        if status is None:
+            return {"decision": "rollback", "storage_uri": uri, "reason": f"InferenceService {self.config.name} "
+                    f"not Ready within {self.config.ready_timeout_seconds:.0f} s"}
+        if champion_onnx is None:
+            return {"decision": "promote", "storage_uri": uri, "reason": "first model: InferenceService Ready"}
+        revision = status.get("components", {}).get("predictor", {}).get("latestCreatedRevision", "")
+        intervals = []
+        for index in range(self.config.intervals):
+            self.sleep(self.config.interval_seconds)
+            intervals.append(self._interval(index, version, revision, champion_onnx, config))
+            if intervals[-1]["decision"] == "rollback":
+                break
+        last = intervals[-1]
+        reason = (NO_TRAFFIC if not any(i["n"] for i in intervals) else
+                  f"interval {len(intervals)}/{self.config.intervals}: {last['reason']}")
+        return {"decision": last["decision"], "reason": reason, "storage_uri": uri, "revision": revision,
+                "canary_percent": self.config.canary_percent, "intervals": intervals}
+
+    def _interval(self, index: int, version: str, revision: str, champion_onnx: Path, config: DeployConfig) -> dict:
+        images, canary = self.predictions.canary_window(version, index)
+        evidence = ({"n": 0, "decision": "promote", "reason": "no canary traffic in this interval"} if not len(images)
+                    else compare_predictions(canary, onnx_probabilities(champion_onnx, images), config))
+        serving = self.serving_checks(revision)
+        evidence.update(serving)
+        limits = (("error_rate", self.config.max_error_rate), ("p99_latency_seconds",
+                                                              self.config.max_p99_latency_seconds))
+        for name, limit in limits:
+            if serving.get(name) is not None and serving[name] > limit and evidence["decision"] == "promote":
+                evidence.update(decision="rollback", reason=f"{name} {serving[name]:.3g} > {limit}")
+        return {"interval": index + 1, **evidence}
+
+    def finish(self, decision: str) -> None:
+        """Promote: the canary takes all traffic. Roll back: traffic returns to the champion
+        (a first model that never became champion is removed)."""
+        if decision == "promote":
+            if not self.created:
+                self.custom.patch_namespaced_custom_object(**self._isvc(name=self.config.name, body=PROMOTE_PATCH))
+        elif self.created:
+            self.custom.delete_namespaced_custom_object(**self._isvc(name=self.config.name))
+        else:
+            self.custom.patch_namespaced_custom_object(**self._isvc(name=self.config.name, body=ROLLBACK_PATCH))

@@ -1,0 +1,128 @@
+"""Data benchmarks, measured side by side in one run:
+
+- ingest throughput through the project vs raw pyarrow reads of the same objects (goal >= 80%);
+- peak memory (ru_maxrss of a fresh process) of ingest at 1x and 10x the data (goal: within 1.2x);
+- KS drift on 2000 x 64 (goal <= 0.1 s) and the MMD/KS cost ratio (goal <= 25x).
+"""
+
+from __future__ import annotations
+
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+SHAPE = (24, 24, 3)  # 1.7 KB per image
+ROWS_PER_BATCH = 2000
+BATCHES_1X = 4
+
+
+def write_dataset(root: Path, batches: int) -> None:
+    from components._shared.dataset import ID, LABEL, images_to_array
+    from components._shared.store import LocalStore, parquet_bytes
+
+    store = LocalStore(root)
+    rng = np.random.default_rng(0)
+    for batch in range(batches):
+        images = rng.integers(0, 255, (ROWS_PER_BATCH, *SHAPE), dtype=np.uint8)
+        image_array, field = images_to_array(images)
+        ids = pa.array([f"b{batch}-{i}" for i in range(ROWS_PER_BATCH)])
+        labels = pa.array(rng.integers(0, 10, ROWS_PER_BATCH), pa.int64())
+        table = pa.Table.from_arrays([ids, image_array, labels], schema=pa.schema(
+            [pa.field(ID, pa.string()), field, pa.field(LABEL, pa.int64())]))
+        store.put_bytes(f"datasets/bench/batch={batch:04d}/part-0.parquet", parquet_bytes(table))
+
+
+def _fresh(store) -> None:
+    for key in store.list("snapshots/"):
+        store.delete(key)
+
+
+def throughput(root: Path, repeats: int = 3) -> tuple[float, float]:
+    """Rows per second: the project's ingest, and pyarrow reading the same objects."""
+    from components._shared.dataset import list_batches
+    from components._shared.store import LocalStore
+    from components.ingest.core import IngestConfig, ingest
+
+    store = LocalStore(root)
+    keys = [k for ks in list_batches(store, "bench").values() for k in ks]
+    filesystem = store.arrow_filesystem()
+    rows = BATCHES_1X * ROWS_PER_BATCH
+    raw, project = [], []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        for key in keys:
+            with filesystem.open_input_file(key) as handle:
+                pq.read_table(handle)
+        raw.append(time.perf_counter() - started)
+        _fresh(store)
+        started = time.perf_counter()
+        ingest(store, IngestConfig(dataset="bench"))
+        project.append(time.perf_counter() - started)
+    return rows / min(project), rows / min(raw)
+
+
+def peak_rss_mb(root: Path) -> float:
+    """Ingest in a fresh process; its peak resident set size (ru_maxrss, KiB on Linux)."""
+    code = ("import resource, sys; from components._shared.store import LocalStore; "
+            "from components.ingest.core import IngestConfig, ingest; "
+            "ingest(LocalStore(sys.argv[1]), IngestConfig(dataset='bench')); "
+            "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)")
+    out = subprocess.run([sys.executable, "-c", code, str(root)], capture_output=True, text=True, check=True)
+    return int(out.stdout.strip().splitlines()[-1]) / 1024
+
+
+def drift_costs() -> tuple[float, float]:
+    """Median seconds of KS and MMD on 2000 x 64 (imports and warm-up excluded)."""
+    from components.validate_data import drift
+
+    rng = np.random.default_rng(0)
+    reference, window = rng.random((2000, 64), np.float32), rng.random((2000, 64), np.float32)
+    drift.ks_drift(reference, window), drift.mmd_drift(reference, window)  # warm-up: imports, torch init
+
+    def median_seconds(fn, repeats):
+        times = []
+        for _ in range(repeats):
+            started = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - started)
+        return statistics.median(times)
+
+    return (median_seconds(lambda: drift.ks_drift(reference, window), 5),
+            median_seconds(lambda: drift.mmd_drift(reference, window), 3))
+
+
+def run() -> dict:
+    with tempfile.TemporaryDirectory() as tmp:
+        one, ten = Path(tmp) / "x1", Path(tmp) / "x10"
+        write_dataset(one, BATCHES_1X)
+        write_dataset(ten, BATCHES_1X * 10)
+        project_rps, raw_rps = throughput(one)
+        rss_one, rss_ten = peak_rss_mb(one), peak_rss_mb(ten)
+    ks_s, mmd_s = drift_costs()
+    mb_1x = BATCHES_1X * ROWS_PER_BATCH * int(np.prod(SHAPE)) / 1e6
+    rows = [
+        ("ingest throughput (rows/s)", f"{project_rps:,.0f}", f"raw pyarrow {raw_rps:,.0f}",
+         f"{project_rps / raw_rps:.0%}", ">= 80%"),
+        (f"ingest peak RSS 1x ({mb_1x:.0f} MB) / 10x", f"{rss_one:.0f} MB", f"{rss_ten:.0f} MB",
+         f"{rss_ten / rss_one:.2f}x", "<= 1.2x"),
+        ("KS drift 2000x64 (s)", f"{ks_s:.3f}", "-", "-", "<= 0.1 s"),
+        ("MMD drift (200/side subsample) vs KS (s)", f"{mmd_s:.3f}", f"KS {ks_s:.3f}",
+         f"{mmd_s / ks_s:.1f}x", "<= 25x"),
+    ]
+    header = ("measure", "project", "compared with", "ratio", "goal")
+    widths = [max(len(str(r[i])) for r in (header, *rows)) for i in range(5)]
+    for row in (header, *rows):
+        print("  ".join(str(cell).ljust(width) for cell, width in zip(row, widths)))
+    return {"throughput_ratio": project_rps / raw_rps, "rss_ratio": rss_ten / rss_one, "ks_s": ks_s,
+            "mmd_ks_ratio": mmd_s / ks_s}
+
+
+if __name__ == "__main__":
+    run()

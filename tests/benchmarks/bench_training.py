@@ -1,0 +1,174 @@
+"""Continual training on the same data, side by side in one run:
+
+- warm start (champion + new data + replay) vs retraining from scratch (old + new): training
+  time until both the old and the new test slice reach (scratch final - 1 point); goal <= 0.5x;
+- forgetting on the old slice: with replay (goal <= 0.5 point) and fine-tuning on new data
+  alone (no goal: it shows what the evaluate gate must reject);
+- DDP step time, 2 gloo processes vs 1 at equal global batch on the same cores; goal <= +15%;
+  and, for reference, against half the step time of one process on one core (per-core scaling,
+  which a loaded shared machine distorts less than OpenMP threads do).
+
+Data: scikit-learn digits (old) and the same digits rotated 35 degrees (new, a covariate shift).
+Every example of either slice sits on the same side of the train/test split as its source
+digit, and 60% go to test, so each test slice has > 1000 examples none of which trained.
+Accuracy-vs-time curves come from the run's own checkpoints (weights + training seconds).
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from components._shared.dataset import is_test_example, stable_bucket
+from components._shared.sampledata import apply_shift, batch_table, load_digits_uint8
+from components._shared.snapshot import load_split
+from components._shared.store import LocalStore
+from components.ingest.core import IngestConfig, ingest
+from components.train import checkpoint
+from components.train.core import META_FILE, WEIGHTS_FILE, TrainConfig, build_model, to_tensor, train
+from components.train.ddp import launch
+from tests.helpers import write_batch
+
+TEST_FRACTION, REPLAY, EPOCHS, CHAMPION_EPOCHS, EVERY, ROTATION = 0.6, 0.5, 10, 20, 4, 35.0 / 30.0
+GOALS = {"speed": 0.5, "forgetting": 0.5, "ddp": 0.15}
+
+
+def _split_aligned_id(slice_name: str, index: int, is_test: bool) -> str:
+    """An id on the same side of ingest's hash split as its source digit (no near-duplicate of a
+    test digit ever trains)."""
+    salt = 0
+    while is_test_example(f"{slice_name}-{index}-{salt}", TEST_FRACTION) != is_test:
+        salt += 1
+    return f"{slice_name}-{index}-{salt}"
+
+
+def build_data(store) -> dict:
+    images, labels = load_digits_uint8()
+    rotated, _ = apply_shift(images, labels, "rotation", ROTATION, np.random.default_rng(0))
+    is_test = np.array([is_test_example(f"digit-{i}", TEST_FRACTION) for i in range(len(labels))])
+    old_ids = [_split_aligned_id("old", i, t) for i, t in enumerate(is_test)]
+    new_ids = [_split_aligned_id("new", i, t) for i, t in enumerate(is_test)]
+    replayed = np.array([not t and stable_bucket("replay:" + i) < REPLAY * 10_000 for i, t in zip(old_ids, is_test)])
+    old, new = batch_table(images, labels, old_ids), batch_table(rotated, labels, new_ids)
+    layouts = {"old": [old], "new": [new], "both": [old, new], "replay": [new, old.filter(replayed)]}
+    fingerprints = {}
+    for dataset, tables in layouts.items():
+        for n, table in enumerate(tables):
+            write_batch(store, table, f"{n:04d}", dataset=dataset)
+        fingerprints[dataset] = ingest(store, IngestConfig(dataset=dataset, test_fraction=TEST_FRACTION)).fingerprint
+    test = load_split(store, fingerprints["both"], "test")
+    slices = {"old": test.where(np.array([i.startswith("old-") for i in test.ids])),
+              "new": test.where(np.array([i.startswith("new-") for i in test.ids]))}
+    return {"fingerprints": fingerprints, "test": slices}
+
+
+def _accuracy(model, split) -> float:
+    with torch.no_grad():
+        return float((model(to_tensor(split.images)).argmax(1).numpy() == split.labels).mean())
+
+
+def curve(store, run_id: str, meta: dict, test: dict) -> list[dict]:
+    """(training seconds, old accuracy, new accuracy) at every checkpoint of a run."""
+    points = []
+    for step in sorted(checkpoint.complete_steps(store, run_id)):
+        groups, state = checkpoint.load(store, run_id, step)
+        model = build_model(meta["arch"], meta["image_shape"], meta["num_classes"])
+        model.load_state_dict(groups["model"])
+        model.eval()
+        points.append({"seconds": state["progress"]["train_seconds"],
+                       **{name: _accuracy(model, split) for name, split in test.items()}})
+    return points
+
+
+def time_to(points: list[dict], targets: dict) -> float:
+    for point in points:
+        if all(point[name] >= target for name, target in targets.items()):
+            return point["seconds"]
+    return float("inf")
+
+
+def _train(store, fingerprint: str, out: Path, run_id: str, **overrides) -> dict:
+    settings = {"epochs": EPOCHS, "run_id": run_id, "checkpoint_every": EVERY, "keep_checkpoints": 0, **overrides}
+    return train(TrainConfig(store_uri=store.uri, fingerprint=fingerprint, out_dir=str(out), **settings))
+
+
+def continual(store, root: Path, data: dict) -> dict:
+    fp, test = data["fingerprints"], data["test"]
+    champion = _train(store, fp["old"], root / "champion", "champion", init="scratch", epochs=CHAMPION_EPOCHS)
+    warm = {"init_weights": str(root / "champion" / WEIGHTS_FILE), "init_meta": str(root / "champion" / META_FILE)}
+    runs = {"scratch": _train(store, fp["both"], root / "scratch", "scratch", init="scratch"),
+            "warm+replay": _train(store, fp["replay"], root / "replay", "warm+replay", **warm),
+            "fine-tune": _train(store, fp["new"], root / "finetune", "fine-tune", **warm)}
+    curves = {name: curve(store, name, meta, test) for name, meta in runs.items()}
+    champion_old = curve(store, "champion", champion, test)[-1]["old"]
+    targets = {name: curves["scratch"][-1][name] - 0.01 for name in test}
+    return {"curves": curves, "champion_old": champion_old, "targets": targets, "runs": runs,
+            "reach": {name: time_to(points, targets) for name, points in curves.items()}}
+
+
+def step_seconds(history: list[dict]) -> float:
+    timed = history[1:]  # epoch 1 warms up
+    return sum(h["seconds"] for h in timed) / (timed[-1]["step"] - history[0]["step"])
+
+
+def ddp_step_seconds(store, root: Path, fingerprint: str, nproc: int) -> float:
+    """torchrun with ``nproc`` workers sharing the cores (the entry point gives each cores/nproc threads)."""
+    config = TrainConfig(store_uri=store.uri, fingerprint=fingerprint, out_dir=str(root / f"ddp{nproc}"), epochs=4)
+    config.save(root / f"ddp{nproc}.json")
+    launch(root / f"ddp{nproc}.json", nproc_per_node=nproc)
+    return step_seconds(json.loads((root / f"ddp{nproc}" / META_FILE).read_text())["history"])
+
+
+def one_thread_step_seconds(store, root: Path, fingerprint: str) -> float:
+    """One process on one core: the reference for per-core scaling (ideal 2-process step = half)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        meta = train(TrainConfig(store_uri=store.uri, fingerprint=fingerprint, out_dir=str(root / "t1"), epochs=4))
+    finally:
+        torch.set_num_threads(threads)
+    return step_seconds(meta["history"])
+
+
+def run() -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        store = LocalStore(root / "store")
+        data = build_data(store)
+        sizes = {name: len(split) for name, split in data["test"].items()}
+        print(f"test slices: old {sizes['old']} and new {sizes['new']} examples (rotated {ROTATION * 30:.0f} deg); "
+              f"replay fraction {REPLAY}; {EPOCHS} epochs; checkpoint every {EVERY} steps", flush=True)
+        result = continual(store, root, data)
+        steps = {"1 proc": ddp_step_seconds(store, root, data["fingerprints"]["both"], 1),
+                 "2 procs": ddp_step_seconds(store, root, data["fingerprints"]["both"], 2),
+                 "1 thread": one_thread_step_seconds(store, root, data["fingerprints"]["both"])}
+    report(result, steps)
+
+
+def report(result: dict, steps: dict) -> None:
+    targets, reach, curves = result["targets"], result["reach"], result["curves"]
+    print(f"\ntargets (scratch final - 1 point): old {targets['old']:.4f}  new {targets['new']:.4f}")
+    print(f"{'run':<12} {'final old':>9} {'final new':>9} {'train s':>8} {'s to target':>11}")
+    for name, points in curves.items():
+        print(f"{name:<12} {points[-1]['old']:>9.4f} {points[-1]['new']:>9.4f} {points[-1]['seconds']:>8.2f} "
+              f"{reach[name]:>11.2f}")
+    speed = reach["warm+replay"] / reach["scratch"]
+    forget_replay = 100 * (result["champion_old"] - curves["warm+replay"][-1]["old"])
+    forget_plain = 100 * (result["champion_old"] - curves["fine-tune"][-1]["old"])
+    overhead = steps["2 procs"] / steps["1 proc"] - 1
+    scaling = steps["2 procs"] / (steps["1 thread"] / 2) - 1
+    print(f"\n{'measure':<64} {'value':>8} {'goal':>8}  met")
+    rows = [("warm+replay / scratch time to target", speed, f"<= {GOALS['speed']}", speed <= GOALS["speed"]),
+            ("forgetting on old slice with replay (points)", forget_replay, f"<= {GOALS['forgetting']}",
+             forget_replay <= GOALS["forgetting"]),
+            ("forgetting, fine-tune without replay (points)", forget_plain, "(gate)", None),
+            (f"DDP step 2 procs vs 1 proc, 2 cores ({steps['2 procs'] * 1e3:.1f} vs {steps['1 proc'] * 1e3:.1f} ms)",
+             overhead, f"<= {GOALS['ddp']:.2f}", overhead <= GOALS["ddp"]),
+            (f"DDP step 2 procs vs half of 1 core ({steps['1 thread'] * 1e3:.1f} ms / 2)", scaling, "(info)", None)]
+    for label, value, goal, met in rows:
+        print(f"{label:<64} {value:>8.3f} {goal:>8}  {'-' if met is None else ('yes' if met else 'NO')}")
+    print(f"(champion accuracy on the old slice: {result['champion_old']:.4f})")
