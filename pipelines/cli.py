@@ -128,56 +128,6 @@ def compile_command(output, gpus, accelerator_type, node_selector, toleration_ke
     click.echo(f"compiled {output}")
 
 
-# --- models -------------------------------------------------------------------------------------
-@main.group()
-def models():
-    """The model registry: versions, aliases, cards."""
-
-
-@models.command("list")
-@store_option
-@click.option("--model", "model_name", default="digits", show_default=True)
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-def models_list(store_uri, model_name, as_json):
-    """Versions with their aliases and metrics, newest first."""
-    from components._shared.registry import Registry
-    from components._shared.store import open_store
-
-    registry = Registry(open_store(store_uri), model_name)
-    aliases = registry.aliases()
-    rows = []
-    for version in reversed(registry.versions()):
-        card = registry.card(version)
-        rows.append({"version": version, "aliases": sorted(a for a, v in aliases.items() if v == version),
-                     "accuracy": card["metrics"]["accuracy"], "macro_f1": card["metrics"]["macro_f1"],
-                     "parent": card.get("parent_version"), "trigger": card.get("trigger"),
-                     "init": card["training"]["init"]["applied"], "created_at": card.get("created_at")})
-    if as_json:
-        click.echo(json.dumps({"model": model_name, "aliases": aliases, "versions": rows}, indent=2))
-        return
-    if not rows:
-        click.echo(f"no versions of {model_name} yet; run `ctp run`")
-        return
-    click.echo(f"{'VERSION':<26} {'ALIASES':<18} {'ACC':>6} {'F1':>6} {'INIT':<8} {'TRIGGER':<8} PARENT")
-    for r in rows:
-        click.echo(f"{r['version']:<26} {','.join(r['aliases']) or '-':<18} {r['accuracy']:>6.3f} "
-                   f"{r['macro_f1']:>6.3f} {r['init']:<8} {r['trigger'] or '-':<8} {r['parent'] or '-'}")
-
-
-@models.command("show")
-@store_option
-@click.option("--model", "model_name", default="digits", show_default=True)
-@click.argument("version", default="champion")
-def models_show(store_uri, model_name, version):
-    """The model card of VERSION (or an alias: champion, previous)."""
-    from components._shared.registry import Registry
-    from components._shared.store import open_store
-
-    registry = Registry(open_store(store_uri), model_name)
-    ref = registry.alias(version)
-    click.echo(json.dumps(registry.card(ref.version if ref and ref.version else version), indent=2))
-
-
 # --- on a KFP host: upload, submit, schedule, and the drift monitor (pipelines/triggers_cli.py) ---
 from pipelines import triggers_cli  # noqa: E402  (after main: these commands join its group)
 
@@ -185,7 +135,10 @@ main.add_command(triggers_cli.upload_command)
 main.add_command(triggers_cli.submit_command)
 main.add_command(triggers_cli.schedule_command)
 main.add_command(triggers_cli.monitor_command)
+from pipelines.models_cli import models  # noqa: E402
 from pipelines.simulate_cli import simulate  # noqa: E402
+
+main.add_command(models)
 main.add_command(simulate)
 
 if __name__ == "__main__":

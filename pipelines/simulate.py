@@ -323,7 +323,8 @@ def simulate(config: SimulateConfig, *, progress: bool = True) -> dict:
 
 @contextlib.contextmanager
 def one_torch_thread():
-    """Models here are tiny: intra-op threads only contend (17x slower measured on 2 busy cores)."""
+    """Tiny models: on 2 shared, busy cores two intra-op threads ran 17x slower than one (idle: 1.5x
+    faster, see bench_simulate), so one thread is the safe choice."""
     import torch
 
     before = torch.get_num_threads()

@@ -54,3 +54,9 @@ class DataValidationError(CtpError):
 
 class UnsafeArtifactError(CtpError):
     code = "ARTIFACT_UNSAFE"
+
+
+class StoreUnavailable(CtpError):
+    """The object store kept failing (5xx, SlowDown, broken connections) past the retry budget."""
+
+    code = "STORE_UNAVAILABLE"

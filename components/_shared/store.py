@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import datetime as dt
 import fcntl
 import hashlib
 import io
 import json
 import os
 import re
+import secrets
 import tempfile
 from abc import ABC, abstractmethod
 from pathlib import Path
@@ -22,12 +24,16 @@ from typing import Any, Iterator, Mapping
 
 import pyarrow.fs as pafs
 
+from components._shared import retry
 from components._shared.errors import AlreadyExists, ConfigError, StoreKeyError, StoreNotFound
+from components._shared.retry import RetryPolicy
 
 DEFAULT_STORE = "./.ctp-store"
 MAX_KEY_LENGTH = 1024
 MAX_SEGMENT_LENGTH = 255  # NAME_MAX of the filesystems a local store lives on
 _KEY_PART = re.compile(r"[A-Za-z0-9_=+@,:-][A-Za-z0-9._=+@,:-]*")
+_WRITE_ID, _SHA256 = "x-amz-meta-ctp-write-id", "x-amz-meta-ctp-sha256"  # on every S3 PUT of put_bytes
+_TMP_PREFIX = ".tmp-"  # a local writer's file before its atomic rename
 
 
 def check_key(key: str) -> str:
@@ -108,6 +114,15 @@ class S3Settings:
         )
 
 
+@dataclasses.dataclass(frozen=True)
+class PendingUpload:
+    """An upload a writer started and never finished: an S3 multipart upload, or a local temp file."""
+
+    key: str  # the object it was meant to become (local: the temp file's path in the store)
+    upload_id: str
+    initiated: dt.datetime | None
+
+
 class Store(ABC):
     """What every backend offers. ETags are opaque strings used only for compare-and-swap."""
 
@@ -132,6 +147,17 @@ class Store(ABC):
     def list(self, prefix: str) -> list[str]:
         """All keys under the folder ``prefix`` (recursive), sorted. ``a/b`` and ``a/b/`` both
         mean the folder ``a/b/`` (never ``a/bc``); ``''`` lists the whole store."""
+
+    @abstractmethod
+    def list_modified(self, prefix: str) -> dict[str, dt.datetime]:
+        """``list`` with each key's last-modified time (UTC)."""
+
+    @abstractmethod
+    def stale_uploads(self, older_than: dt.timedelta) -> list[PendingUpload]:
+        """Unfinished uploads started more than ``older_than`` ago (left by killed writers)."""
+
+    @abstractmethod
+    def abort_upload(self, upload: PendingUpload) -> None: ...
 
     @abstractmethod
     def exists(self, key: str) -> bool: ...
@@ -179,6 +205,10 @@ class Store(ABC):
         return f"{self.uri.rstrip('/')}/{key}" if key else self.uri
 
 
+def _mtime(path: Path) -> dt.datetime:
+    return dt.datetime.fromtimestamp(path.stat().st_mtime, dt.timezone.utc)
+
+
 def json_bytes(obj: Any) -> bytes:
     return (json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n").encode()
 
@@ -196,7 +226,7 @@ class LocalStore(Store):
 
     def _write_temp(self, path: Path, data: bytes) -> Path:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=_TMP_PREFIX)
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
             handle.flush()
@@ -262,16 +292,33 @@ class LocalStore(Store):
             return self.put_bytes(key, data)
 
     def list(self, prefix: str) -> list[str]:
+        return sorted(self.list_modified(prefix))
+
+    def list_modified(self, prefix: str) -> dict[str, dt.datetime]:
         prefix = check_prefix(prefix)
         base = self.root / prefix if prefix else self.root
         if not base.is_dir():
-            return []
-        keys = []
+            return {}
+        found = {}
         for path in base.rglob("*"):
             rel = path.relative_to(self.root).as_posix()
             if path.is_file() and not any(p.startswith(".") for p in rel.split("/")):
-                keys.append(rel)
-        return sorted(keys)
+                found[rel] = _mtime(path)
+        return found
+
+    def stale_uploads(self, older_than: dt.timedelta) -> list[PendingUpload]:
+        cutoff = dt.datetime.now(dt.timezone.utc) - older_than
+        found = []
+        for path in self.root.rglob(_TMP_PREFIX + "*"):
+            if path.is_file() and ".locks" not in path.relative_to(self.root).parts and _mtime(path) < cutoff:
+                found.append(PendingUpload(path.relative_to(self.root).as_posix(), path.name, _mtime(path)))
+        return sorted(found, key=lambda u: u.key)
+
+    def abort_upload(self, upload: PendingUpload) -> None:
+        path = (self.root / upload.key).resolve()
+        if not (path.parent.is_relative_to(self.root) and path.name.startswith(_TMP_PREFIX)):
+            raise StoreKeyError(f"{upload.key!r} is not an unfinished upload of this store")
+        path.unlink(missing_ok=True)
 
     def exists(self, key: str) -> bool:
         return self._path(key).is_file()
@@ -300,78 +347,128 @@ class LocalStore(Store):
 
 
 class S3Store(Store):
-    """MinIO or any S3 server through the minio SDK; conditional PUTs give create-only and CAS."""
+    """MinIO or any S3 server through the minio SDK; conditional PUTs give create-only and CAS.
 
-    def __init__(self, bucket: str, prefix: str, settings: S3Settings, *, create_bucket: bool = True):
+    Every request goes through one retry policy (retry.py). A conditional PUT carries a write id
+    in its metadata: when its success reply is lost and the retry gets 412, the object holding our
+    write id and checksum proves the first attempt landed, so the write is reported as done."""
+
+    def __init__(self, bucket: str, prefix: str, settings: S3Settings, *, create_bucket: bool = True,
+                 retry_policy: RetryPolicy = RetryPolicy()):
+        import certifi
+        import urllib3
         from minio import Minio
 
         self.bucket = bucket
         self.prefix = prefix.strip("/")
         self.settings = settings
+        self.retry_policy = retry_policy
         self.uri = f"s3://{bucket}/{self.prefix}" if self.prefix else f"s3://{bucket}"
+        http = urllib3.PoolManager(  # minio's default, minus its own retries (ours count every request)
+            timeout=urllib3.Timeout(connect=retry_policy.connect_timeout, read=retry_policy.read_timeout),
+            maxsize=10, retries=False, cert_reqs="CERT_REQUIRED",
+            ca_certs=os.environ.get("SSL_CERT_FILE") or certifi.where())
         self.client = Minio(
             settings.endpoint,
             access_key=settings.access_key,
             secret_key=settings.secret_key,
             secure=settings.secure,
             region=settings.region,
+            http_client=http,
         )
-        if create_bucket and not self.client.bucket_exists(bucket):
+        if create_bucket and not self._retry("bucket check", lambda: self.client.bucket_exists(bucket)):
+            self._retry("bucket create", lambda: self._make_bucket(bucket))
+
+    def _retry(self, what: str, fn):
+        return retry.call(self.retry_policy, f"{self.uri}: {what}", fn)
+
+    def _make_bucket(self, bucket: str) -> None:
+        from minio.error import S3Error
+
+        try:
             self.client.make_bucket(bucket)
+        except S3Error as err:  # a retried create whose first attempt landed, or a concurrent one
+            if err.code not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
+                raise
 
     def _name(self, key: str) -> str:
         check_key(key)
         return f"{self.prefix}/{key}" if self.prefix else key
 
-    def _conditional_put(self, key: str, data: bytes, headers: dict[str, str]) -> str:
-        # minio-py's public put_object turns unknown headers into x-amz-meta-*; the conditional
-        # headers must reach the server as they are, so this uses the single-part PUT.
-        result = self.client._put_object(self.bucket, self._name(key), data, headers=headers)
-        return result.etag.strip('"')
-
-    def put_bytes(self, key: str, data: bytes, *, create_only: bool = False) -> str:
+    def _conditional_put(self, key: str, data: bytes, condition: dict[str, str]) -> str | None:
+        """PUT with ``condition``; the new ETag, or None when the condition failed for a write
+        that is not ours."""
         from minio.error import S3Error
 
-        headers = {"If-None-Match": "*"} if create_only else {}
+        name = self._name(key)
+        write_id = secrets.token_hex(16)
+        headers = {**condition, _WRITE_ID: write_id, _SHA256: sha256_bytes(data)}
         try:
-            return self._conditional_put(key, data, headers)
+            # minio-py's public put_object turns unknown headers into x-amz-meta-*; the conditional
+            # headers must reach the server as they are, so this uses the single-part PUT.
+            result = self._retry(f"put {key}", lambda: self.client._put_object(self.bucket, name, data,
+                                                                              headers=headers))
+            return result.etag.strip('"')
         except S3Error as err:
-            if create_only and err.code == "PreconditionFailed":
-                raise AlreadyExists(f"{self.describe(key)} already exists and is immutable") from None
+            if err.code not in ("PreconditionFailed", "ConditionalRequestConflict", "NoSuchKey"):
+                raise
+        return self._landed(key, write_id, headers[_SHA256])
+
+    def _landed(self, key: str, write_id: str, sha256: str) -> str | None:
+        """The object's ETag if it holds this very write (a retry lost the first reply), else None."""
+        from minio.error import S3Error
+
+        try:
+            stat = self._retry(f"stat {key}", lambda: self.client.stat_object(self.bucket, self._name(key)))
+        except S3Error as err:
+            if err.code in ("NoSuchKey", "NoSuchObject"):
+                return None
             raise
+        ours = stat.metadata.get(_WRITE_ID) == write_id and stat.metadata.get(_SHA256) == sha256
+        return stat.etag.strip('"') if ours else None
+
+    def put_bytes(self, key: str, data: bytes, *, create_only: bool = False) -> str:
+        if not create_only:
+            return self._conditional_put(key, data, {})
+        etag = self._conditional_put(key, data, {"If-None-Match": "*"})
+        if etag is None:
+            raise AlreadyExists(f"{self.describe(key)} already exists and is immutable")
+        return etag
 
     def get_with_etag(self, key: str) -> tuple[bytes, str]:
         from minio.error import S3Error
 
+        name = self._name(key)
+
+        def read() -> tuple[bytes, str]:
+            response = self.client.get_object(self.bucket, name)
+            try:
+                return response.read(), response.headers.get("ETag", "").strip('"')
+            finally:
+                response.close()
+                response.release_conn()
+
         try:
-            response = self.client.get_object(self.bucket, self._name(key))
+            return self._retry(f"get {key}", read)
         except S3Error as err:
             if err.code in ("NoSuchKey", "NoSuchBucket"):
                 raise StoreNotFound(f"{self.describe(key)} does not exist") from None
             raise
-        try:
-            return response.read(), response.headers.get("ETag", "").strip('"')
-        finally:
-            response.close()
-            response.release_conn()
 
     def compare_and_swap(self, key: str, data: bytes, expected_etag: str | None) -> str | None:
-        from minio.error import S3Error
-
-        headers = {"If-None-Match": "*"} if expected_etag is None else {"If-Match": f'"{expected_etag}"'}
-        try:
-            return self._conditional_put(key, data, headers)
-        except S3Error as err:
-            if err.code in ("PreconditionFailed", "ConditionalRequestConflict", "NoSuchKey"):
-                return None
-            raise
+        condition = {"If-None-Match": "*"} if expected_etag is None else {"If-Match": f'"{expected_etag}"'}
+        return self._conditional_put(key, data, condition)
 
     def list(self, prefix: str) -> list[str]:
+        return sorted(self.list_modified(prefix))
+
+    def list_modified(self, prefix: str) -> dict[str, dt.datetime]:
         prefix = check_prefix(prefix)
         strip = len(self.prefix) + 1 if self.prefix else 0
         name = f"{self.prefix}/{prefix}" if self.prefix else prefix
-        objects = self.client.list_objects(self.bucket, prefix=name, recursive=True)
-        return sorted(obj.object_name[strip:] for obj in objects if not obj.is_dir)
+        objects = self._retry(f"list {prefix or '/'}",
+                              lambda: list(self.client.list_objects(self.bucket, prefix=name, recursive=True)))
+        return {obj.object_name[strip:]: obj.last_modified for obj in objects if not obj.is_dir}
 
     def exists(self, key: str) -> bool:
         try:
@@ -384,31 +481,64 @@ class S3Store(Store):
         from minio.error import S3Error
 
         try:
-            return self.client.stat_object(self.bucket, self._name(key)).etag.strip('"')
+            stat = self._retry(f"stat {key}", lambda: self.client.stat_object(self.bucket, self._name(key)))
         except S3Error as err:
             if err.code in ("NoSuchKey", "NoSuchBucket", "NoSuchObject"):
                 raise StoreNotFound(f"{self.describe(key)} does not exist") from None
             raise
+        return stat.etag.strip('"')
 
     def delete(self, key: str) -> None:
-        self.client.remove_object(self.bucket, self._name(key))
+        name = self._name(key)
+        self._retry(f"delete {key}", lambda: self.client.remove_object(self.bucket, name))
 
     def put_file(self, key: str, path: str | Path) -> str:
-        result = self.client.fput_object(self.bucket, self._name(key), str(path))
+        """Large files go up in parts; a writer killed mid-way leaves an incomplete upload (never
+        a visible object) that ``stale_uploads``/``abort_upload`` clean up."""
+        name = self._name(key)
+        result = self._retry(f"upload {key}", lambda: self.client.fput_object(self.bucket, name, str(path)))
         return result.etag.strip('"')
 
     def get_file(self, key: str, path: str | Path) -> None:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         Path(path).write_bytes(self.get_bytes(key))
 
+    def stale_uploads(self, older_than: dt.timedelta) -> list[PendingUpload]:
+        cutoff = dt.datetime.now(dt.timezone.utc) - older_than
+        strip = len(self.prefix) + 1 if self.prefix else 0
+        found, key_marker, id_marker = [], None, None
+        while True:
+            page = self._retry("list incomplete uploads", lambda: self.client._list_multipart_uploads(
+                self.bucket, prefix=f"{self.prefix}/" if self.prefix else "", key_marker=key_marker,
+                upload_id_marker=id_marker))
+            found += [PendingUpload(u.object_name[strip:], u.upload_id, u.initiated_time)
+                      for u in page.uploads if u.initiated_time is None or u.initiated_time < cutoff]
+            if not page.is_truncated:
+                return found
+            key_marker, id_marker = page.next_key_marker, page.next_upload_id_marker
+
+    def abort_upload(self, upload: PendingUpload) -> None:
+        from minio.error import S3Error
+
+        name = self._name(upload.key)
+        try:
+            self._retry(f"abort upload of {upload.key}",
+                        lambda: self.client._abort_multipart_upload(self.bucket, name, upload.upload_id))
+        except S3Error as err:
+            if err.code != "NoSuchUpload":  # already completed or aborted
+                raise
+
     def arrow_filesystem(self) -> pafs.FileSystem:
-        s = self.settings
+        s, policy = self.settings, self.retry_policy
         fs = pafs.S3FileSystem(
             access_key=s.access_key,
             secret_key=s.secret_key,
             endpoint_override=s.endpoint,
             scheme="https" if s.secure else "http",
             region=s.region,
+            connect_timeout=policy.connect_timeout,
+            request_timeout=policy.read_timeout,
+            retry_strategy=pafs.AwsStandardS3RetryStrategy(max_attempts=policy.attempts),
         )
         root = f"{self.bucket}/{self.prefix}" if self.prefix else self.bucket
         return pafs.PyFileSystem(_StoreFSHandler(pafs.SubTreeFileSystem(root, fs)))
@@ -424,7 +554,7 @@ class _AtomicLocalWriter:
             final.parent.mkdir(parents=True, exist_ok=True)
         except (FileExistsError, NotADirectoryError):
             raise StoreKeyError(f"a parent of {final} is an object; a local store cannot hold both") from None
-        fd, tmp = tempfile.mkstemp(dir=final.parent, prefix=".tmp-")
+        fd, tmp = tempfile.mkstemp(dir=final.parent, prefix=_TMP_PREFIX)
         self._tmp = Path(tmp)
         self._file = os.fdopen(fd, "wb")
 

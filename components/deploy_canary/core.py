@@ -91,8 +91,15 @@ def compare_predictions(canary: np.ndarray, champion: np.ndarray, config: Deploy
                 "confidence_ks_p_value": p_value}
     drop = evidence["champion_confidence"] - evidence["canary_confidence"]
     if evidence["agreement"] < config.min_agreement:
-        return {**evidence, "decision": "rollback",
-                "reason": f"agreement {evidence['agreement']:.3f} < {config.min_agreement}"}
+        # After a real shift the champion is the one that is wrong, so low agreement alone is not
+        # a failure: the canary must also be the more confident model where the two disagree.
+        disagree = canary.argmax(1) != champion.argmax(1)
+        evidence["disagreement_confidence"] = {"canary": float(canary_conf[disagree].mean()),
+                                               "champion": float(champion_conf[disagree].mean())}
+        if evidence["disagreement_confidence"]["canary"] <= evidence["disagreement_confidence"]["champion"]:
+            return {**evidence, "decision": "rollback",
+                    "reason": f"agreement {evidence['agreement']:.3f} < {config.min_agreement} and the canary is "
+                              f"not more confident than the champion where they disagree"}
     if p_value < config.alpha and drop > config.max_confidence_drop:
         return {**evidence, "decision": "rollback", "reason": f"mean confidence fell by {drop:.3f} > "
                 f"{config.max_confidence_drop} (KS p={p_value:.2g} < {config.alpha})"}
