@@ -91,15 +91,19 @@ def seed_command(store_uri, dataset, batches, shift, shift_from, strength, seed,
 @click.option("--margin", default=0.01, show_default=True, help="Non-inferiority margin vs the champion.")
 @click.option("--allow-new-classes", is_flag=True, help="Accept labels the champion has never seen.")
 @click.option("--pipeline-root", default="./.ctp-runs", show_default=True, help="Local KFP artifacts.")
+@click.option("--param", "params", multiple=True, metavar="KEY=VALUE",
+              help="Any other pipeline parameter, e.g. --param max_forgetting=0.05 --param patience=3 (repeatable).")
 def run_command(store_uri, dataset, model_name, nproc_per_node, epochs, batch_size, lr, init, trigger,
-                min_accuracy, margin, allow_new_classes, pipeline_root):
+                min_accuracy, margin, allow_new_classes, pipeline_root, params):
     """Run the whole pipeline locally through kfp.local against the store."""
     from pipelines.local_run import LocalRunOptions, run_locally
+    from pipelines.triggers import parse_params
 
     summary = run_locally(LocalRunOptions(
         store_uri=store_uri, dataset=dataset, model_name=model_name, nproc_per_node=nproc_per_node,
         epochs=epochs, batch_size=batch_size, lr=lr, init=init, trigger=trigger, min_accuracy=min_accuracy,
-        margin=margin, allow_new_classes=allow_new_classes, pipeline_root=pipeline_root))
+        margin=margin, allow_new_classes=allow_new_classes, pipeline_root=pipeline_root,
+        extra_params=parse_params(params)))
     click.echo(summary)
 
 

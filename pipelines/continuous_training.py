@@ -73,10 +73,10 @@ def build_pipeline(settings: ClusterSettings = ClusterSettings()):
         with dsl.If(evaluate_task.outputs["Output"] == "pass", name="gate-passed"):
             deploy_task = deploy_canary(store_uri=store_uri, model_name=model_name, dataset=dataset,
                                         trigger=trigger, evidence_uri=evidence_uri, min_agreement=min_agreement,
-                                        run_id=the_run,
-                                        deploy_target=deploy_target, kserve_namespace=kserve_namespace,
+                                        run_id=the_run, deploy_target=deploy_target, kserve_namespace=kserve_namespace,
                                         canary_percent=canary_percent, canary_intervals=canary_intervals,
-                                        prometheus_url=prometheus_url, snapshot=snapshot, validation=validate_task.outputs["report"],
+                                        prometheus_url=prometheus_url, snapshot=snapshot,
+                                        validation=validate_task.outputs["report"],
                                         challenger=train_task.outputs["model"],
                                         evaluation=evaluate_task.outputs["report"]).set_display_name("canary-deploy")
         tasks = (ingest_task, validate_task, train_task, evaluate_task, deploy_task)

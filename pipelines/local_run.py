@@ -27,6 +27,7 @@ class LocalRunOptions:
     allow_new_classes: bool = False
     pipeline_root: str = "./.ctp-runs"
     test_fraction: float = 0.2
+    extra_params: dict = dataclasses.field(default_factory=dict)  # any other pipeline parameter
 
 
 def new_run_id() -> str:
@@ -51,13 +52,18 @@ def run_locally(options: LocalRunOptions, run_id: str | None = None) -> str:
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(Path(options.pipeline_root).resolve()),
                raise_on_error=True)
     pipeline = build_pipeline()
+    unknown = sorted(set(options.extra_params) - set(pipeline.component_spec.inputs))
+    if unknown:
+        raise CtpError(f"unknown pipeline parameter(s) {', '.join(unknown)}", code="CONFIG_INVALID",
+                       hint=f"choose from {', '.join(sorted(pipeline.component_spec.inputs))}")
     try:
         pipeline(store_uri=store.uri, dataset=options.dataset, model_name=options.model_name,
                  data_fingerprint=fingerprint, run_id=run_id, trigger=options.trigger,
                  evidence_uri=options.evidence_uri,
                  test_fraction=options.test_fraction, allow_new_classes=options.allow_new_classes, init=options.init,
                  epochs=options.epochs, batch_size=options.batch_size, lr=options.lr,
-                 nproc_per_node=options.nproc_per_node, min_accuracy=options.min_accuracy, margin=options.margin)
+                 nproc_per_node=options.nproc_per_node, min_accuracy=options.min_accuracy, margin=options.margin,
+                 **options.extra_params)
     except RuntimeError as err:
         from components._shared.runtime import recorded_error
 

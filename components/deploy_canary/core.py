@@ -17,6 +17,8 @@ from components._shared.store import Store, read_parquet
 from components.evaluate.core import onnx_probabilities
 from components.train.core import META_FILE, ONNX_FILE, WEIGHTS_FILE
 
+TRAINING_CARD_KEYS = ("arch", "init", "epochs", "batch_size", "lr", "seed", "world_size", "backend", "train_rows",
+                      "history", "early_stopping", "checkpoints", "train_seconds", "steps", "amp")
 MODEL_FILES = (WEIGHTS_FILE, ONNX_FILE, META_FILE, "reference.npy")
 NO_TRAFFIC = "no traffic to replay; the evaluation gate decides"
 
@@ -50,8 +52,7 @@ def build_card(meta: dict, evaluation: dict, validation: dict, manifest: dict, *
         "data": {"fingerprint": manifest["fingerprint"], "dataset": manifest["dataset"],
                  "batches": sorted(manifest["batches"]), "image_shape": manifest["image_shape"],
                  "classes": meta["classes"]},
-        "training": {k: meta[k] for k in ("arch", "init", "epochs", "batch_size", "lr", "seed", "world_size",
-                                          "backend", "train_rows", "history")},
+        "training": {k: meta.get(k) for k in TRAINING_CARD_KEYS},
         "metrics": {k: evaluation["challenger"][k] for k in ("accuracy", "macro_f1", "ece", "n", "by_batch",
                                                               "per_class_recall", "slices")},
         "champion_metrics": (None if evaluation["champion"] is None else
