@@ -14,7 +14,6 @@ def deploy_canary(store_uri: str, model_name: str, dataset: str, trigger: str, m
                   canary_interval_seconds: float = 60.0, prometheus_url: str = "",
                   evidence_uri: str = "") -> str:
     import json
-    import os
     from pathlib import Path
 
     from components._shared.errors import ConfigError
@@ -28,10 +27,8 @@ def deploy_canary(store_uri: str, model_name: str, dataset: str, trigger: str, m
             from components.deploy_canary.kserve import KServeConfig, rollout_in_cluster
 
             rollout = rollout_in_cluster(store, model_name, KServeConfig(
-                name=model_name, namespace=kserve_namespace, s3_endpoint=os.environ.get("MINIO_ENDPOINT", ""),
-                s3_use_https=os.environ.get("MINIO_SECURE", "false").lower() == "true",
-                canary_percent=canary_percent, intervals=canary_intervals,
-                interval_seconds=canary_interval_seconds, prometheus_url=prometheus_url), dict(os.environ))
+                name=model_name, namespace=kserve_namespace, canary_percent=canary_percent,
+                intervals=canary_intervals, interval_seconds=canary_interval_seconds, prometheus_url=prometheus_url))
         elif deploy_target != "local":
             raise ConfigError(f"deploy_target {deploy_target!r} unknown", hint="use local or kserve")
         card = build_card(json.loads((Path(challenger.path) / "meta.json").read_text()),

@@ -1,9 +1,11 @@
 """KServe target: one InferenceService serves the champion; a new version is rolled out to it
 with ``canaryTrafficPercent``, watched for N intervals, then promoted or rolled back.
 
-Objects are built with the kubernetes client's models and sent through ``CustomObjectsApi``
-(the InferenceService) and ``CoreV1Api`` (the S3 secret and service account KServe's storage
-initializer reads). Patches are JSON merge patches: ``null`` removes a field.
+The InferenceService is built with the kubernetes client's models and sent through
+``CustomObjectsApi``; it is the only object the step touches. Its predictor runs as the committed
+ServiceAccount ``ctp-kserve`` (manifests/base), which names the S3 Secret the cluster admin
+creates once (manifests/README.md): the step never sees or writes credentials, so the runner Role
+needs no access to Secrets. Patches are JSON merge patches: ``null`` removes a field.
 """
 
 from __future__ import annotations
@@ -23,7 +25,6 @@ from components.deploy_canary.core import NO_TRAFFIC, DeployConfig, compare_pred
 from components.evaluate.core import onnx_probabilities
 
 GROUP, VERSION, PLURAL, KIND = "serving.kserve.io", "v1beta1", "inferenceservices", "InferenceService"
-S3_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")  # the keys KServe's storage initializer reads
 # Knative queue-proxy metrics of the canary revision (serverless mode); override for raw deployments.
 ERROR_RATE_QUERY = ('sum(rate(revision_request_count{{namespace_name="{namespace}",revision_name="{revision}",'
                     'response_code_class!="2xx"}}[{window}s])) / sum(rate(revision_request_count{{'
@@ -36,10 +37,7 @@ P99_LATENCY_QUERY = ('histogram_quantile(0.99, sum by (le) (rate(revision_reques
 class KServeConfig:
     name: str = "digits"  # the InferenceService
     namespace: str = "ctp"
-    service_account: str = "ctp-kserve"
-    s3_secret: str = "ctp-kserve-s3"
-    s3_endpoint: str = ""  # host:port of MinIO, as KServe's storage initializer reaches it
-    s3_use_https: bool = False
+    service_account: str = "ctp-kserve"  # manifests/base/ctp-kserve-serviceaccount.yaml
     canary_percent: int = 10
     intervals: int = 3
     interval_seconds: float = 60.0
@@ -53,9 +51,6 @@ class KServeConfig:
             raise ConfigError(f"canary_percent={self.canary_percent} must be between 1 and 99")
         if self.intervals < 1 or self.interval_seconds < 0:
             raise ConfigError("intervals must be >= 1 and interval_seconds >= 0")
-        if not self.s3_endpoint:
-            raise ConfigError("the KServe target needs the S3 endpoint KServe reads models from",
-                              hint="set MINIO_ENDPOINT (or s3_endpoint) to MinIO's in-cluster host:port")
 
 
 def storage_uri(store_uri: str, model: str, version: str) -> str:
@@ -64,26 +59,6 @@ def storage_uri(store_uri: str, model: str, version: str) -> str:
         raise ConfigError(f"store {store_uri} is not on S3; KServe can only load models from s3://",
                           hint="run with --store s3://bucket/prefix, or deploy_target=local")
     return f"{store_uri.rstrip('/')}/models/{model}/versions/{version}/"
-
-
-def s3_secret(config: KServeConfig, access_key: str, secret_key: str):
-    from kubernetes import client
-
-    return client.V1Secret(
-        api_version="v1", kind="Secret", type="Opaque",
-        metadata=client.V1ObjectMeta(name=config.s3_secret, namespace=config.namespace, annotations={
-            "serving.kserve.io/s3-endpoint": config.s3_endpoint,
-            "serving.kserve.io/s3-usehttps": "1" if config.s3_use_https else "0"}),
-        string_data=dict(zip(S3_KEYS, (access_key, secret_key))))
-
-
-def service_account(config: KServeConfig):
-    from kubernetes import client
-
-    return client.V1ServiceAccount(
-        api_version="v1", kind="ServiceAccount",
-        metadata=client.V1ObjectMeta(name=config.service_account, namespace=config.namespace),
-        secrets=[client.V1ObjectReference(name=config.s3_secret)])
 
 
 def inference_service(config: KServeConfig, uri: str, version: str) -> dict:
@@ -142,48 +117,28 @@ def prometheus_value(url: str, query: str, opener: Callable = urllib.request.url
     return float(result[0]["value"][1]) if result else None
 
 
-def rollout_in_cluster(store: Store, model: str, config: KServeConfig, env: dict) -> "KServeRollout":
-    """The real APIs from the pod's service account, logged predictions from the store. Refuses
-    a non-S3 store before anything is published, and writes the S3 secret and service account
-    the predictor needs (credentials from the step's environment, never from the YAML)."""
+def rollout_in_cluster(store: Store, model: str, config: KServeConfig) -> "KServeRollout":
+    """The real API from the pod's service account, logged predictions from the store. Refuses
+    a non-S3 store before anything is published."""
     from kubernetes import client
     from kubernetes import config as kube_config
 
     storage_uri(store.uri, model, "version")
     kube_config.load_incluster_config()
-    rollout = KServeRollout(client.CustomObjectsApi(), client.CoreV1Api(), config, StorePredictionLog(store, model))
-    rollout.apply_credentials(env["MINIO_ACCESS_KEY"], env["MINIO_SECRET_KEY"])
-    return rollout
+    return KServeRollout(client.CustomObjectsApi(), config, StorePredictionLog(store, model))
 
 
 class KServeRollout:
     """Drives one InferenceService through canary -> promote | rollback (see core.deploy)."""
 
-    def __init__(self, custom_api, core_api, config: KServeConfig, predictions: PredictionLog, *,
+    def __init__(self, custom_api, config: KServeConfig, predictions: PredictionLog, *,
                  sleep: Callable[[float], None] = time.sleep, opener: Callable = urllib.request.urlopen):
-        self.custom, self.core, self.config = custom_api, core_api, config
+        self.custom, self.config = custom_api, config
         self.predictions, self.sleep, self.opener = predictions, sleep, opener
         self.created = False
 
     def _isvc(self, **kwargs):
         return dict(group=GROUP, version=VERSION, namespace=self.config.namespace, plural=PLURAL, **kwargs)
-
-    def apply_credentials(self, access_key: str, secret_key: str) -> None:
-        """Create or replace the S3 secret and the service account the predictor runs as."""
-        from kubernetes.client.exceptions import ApiException
-
-        ns = self.config.namespace
-        for body, create, replace in (
-                (s3_secret(self.config, access_key, secret_key), self.core.create_namespaced_secret,
-                 self.core.replace_namespaced_secret),
-                (service_account(self.config), self.core.create_namespaced_service_account,
-                 self.core.replace_namespaced_service_account)):
-            try:
-                create(ns, body)
-            except ApiException as err:
-                if err.status != 409:
-                    raise
-                replace(body.metadata.name, ns, body)
 
     def current(self) -> dict | None:
         from kubernetes.client.exceptions import ApiException
@@ -233,7 +188,8 @@ class KServeRollout:
         status = self.wait_ready()
         if status is None:
             return {"decision": "rollback", "storage_uri": uri, "reason": f"InferenceService {self.config.name} "
-                    f"not Ready within {self.config.ready_timeout_seconds:.0f} s"}
+                    f"not Ready within {self.config.ready_timeout_seconds:.0f} s (check the S3 Secret behind "
+                    f"ServiceAccount {self.config.service_account}: manifests/README.md)"}
         if champion_onnx is None:
             return {"decision": "promote", "storage_uri": uri, "reason": "first model: InferenceService Ready"}
         revision = status.get("components", {}).get("predictor", {}).get("latestCreatedRevision", "")

@@ -51,6 +51,9 @@ def job_name(run_id: str) -> str:
     return f"ctp-train-{slug}-{hashlib.sha256(run_id.encode()).hexdigest()[:6]}"
 
 
+POD_LABELS = {"app.kubernetes.io/part-of": "ctp", "app.kubernetes.io/component": "training"}
+
+
 def build(settings: TrainJobSettings, *, name: str, namespace: str, num_nodes: int, nproc_per_node: int,
           store_uri: str, config_key: str):
     """The TrainJob as the Trainer API model (validated on construction)."""
@@ -65,17 +68,29 @@ def build(settings: TrainJobSettings, *, name: str, namespace: str, num_nodes: i
     quantities = {k: m.IoK8sApimachineryPkgApiResourceQuantity(v) for k, v in resources.items()}
     return m.TrainerV1alpha1TrainJob(
         api_version=f"{GROUP}/{VERSION}", kind=KIND,
-        metadata=m.IoK8sApimachineryPkgApisMetaV1ObjectMeta(
-            name=name, namespace=namespace,
-            labels={"app.kubernetes.io/part-of": "ctp", "app.kubernetes.io/component": "training"}),
+        metadata=m.IoK8sApimachineryPkgApisMetaV1ObjectMeta(name=name, namespace=namespace, labels=POD_LABELS),
         spec=m.TrainerV1alpha1TrainJobSpec(
             runtime_ref=m.TrainerV1alpha1RuntimeRef(name=settings.runtime),
+            runtime_patches=[_pod_label_patch(m)],
             trainer=m.TrainerV1alpha1Trainer(
                 image=settings.image, num_nodes=num_nodes, num_proc_per_node=nproc_per_node,
                 command=["python", "-m", "torch.distributed.run", f"--max-restarts={MAX_RESTARTS}",
                          "-m", "components.train.ddp", "--store", store_uri, "--config", config_key],
                 env=_store_env(m, settings),
                 resources_per_node=m.IoK8sApiCoreV1ResourceRequirements(limits=quantities, requests=quantities))))
+
+
+def _pod_label_patch(m):
+    """Labels on the worker pods themselves (the TrainJob's own labels are not copied to them):
+    the namespace's NetworkPolicies select pods by these. `node` is the torch-distributed
+    runtime's replicated job; the controller strategic-merges this into its JobSet."""
+    pod = m.TrainerV1alpha1PodTemplatePatch(metadata=m.IoK8sApimachineryPkgApisMetaV1ObjectMeta(labels=POD_LABELS))
+    job = m.TrainerV1alpha1ReplicatedJobPatch(
+        name="node", template=m.TrainerV1alpha1JobTemplatePatch(spec=m.TrainerV1alpha1JobSpecPatch(template=pod)))
+    return m.TrainerV1alpha1RuntimePatch(
+        manager="ctp.dev/train",
+        training_runtime_spec=m.TrainerV1alpha1TrainingRuntimeSpecPatch(template=m.TrainerV1alpha1JobSetTemplatePatch(
+            spec=m.TrainerV1alpha1JobSetSpecPatch(replicated_jobs=[job]))))
 
 
 def _store_env(m, settings: TrainJobSettings) -> list:

@@ -51,6 +51,9 @@ OVERLAY_ALLOWED_KEYS = {"apiVersion", "kind", "namespace", "resources", "compone
 
 MINIO_SECRET = "ctp-minio"
 MINIO_SECRET_KEYS = {"MINIO_ACCESS_KEY", "MINIO_SECRET_KEY"}
+KSERVE_S3_SECRET = "ctp-kserve-s3"  # read by KServe through ServiceAccount ctp-kserve
+# Secrets the cluster admin creates once (manifests/README.md): referenced, never rendered.
+ADMIN_SECRETS = {MINIO_SECRET, KSERVE_S3_SECRET}
 # Third-party images allowed in the manifests (repository -> why); each must carry a pinned tag.
 THIRD_PARTY_IMAGES = {"quay.io/minio/minio": "components/minio"}
 
@@ -61,7 +64,7 @@ EXPECTED_RBAC = {
     ("pipelines.kubeflow.org", "pipelines"): {"get", "list"},
     ("pipelines.kubeflow.org", "experiments"): {"get", "list"},
     ("trainer.kubeflow.org", "trainjobs"): {"create", "get", "list", "watch", "delete"},
-    ("serving.kserve.io", "inferenceservices"): {"get", "patch"},
+    ("serving.kserve.io", "inferenceservices"): {"create", "get", "patch", "delete"},
 }
 
 POD_TEMPLATE_PATHS = {
@@ -427,6 +430,29 @@ def test_no_secret_values(target):
     assert {r[3] for r in refs} == MINIO_SECRET_KEYS
 
 
+@pytest.mark.parametrize("target", TARGETS)
+def test_kserve_predictor_service_account(target):
+    """The predictor's identity is committed; its S3 Secret is the admin's, and it gets no RBAC
+    and no API token."""
+    objs = rendered(target)
+    (account,) = [o for o in objs if o["kind"] == "ServiceAccount" and o["metadata"]["name"] == "ctp-kserve"]
+    assert account["secrets"] == [{"name": KSERVE_S3_SECRET}]
+    assert account["automountServiceAccountToken"] is False
+    bound = [s["name"] for o in objs if o["kind"] == "RoleBinding" for s in o["subjects"]]
+    assert "ctp-kserve" not in bound
+
+
+def test_admin_secrets_are_documented():
+    """manifests/README.md gives the exact commands for every Secret the manifests expect."""
+    text = (MANIFESTS / "README.md").read_text()
+    for name in sorted(ADMIN_SECRETS):
+        assert f"create secret generic {name}" in text, name
+    for key in sorted(MINIO_SECRET_KEYS) + ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
+                                            "serving.kserve.io/s3-endpoint", "serving.kserve.io/s3-usehttps"]:
+        assert f"{key}=" in text, key
+    assert f"annotate secret {KSERVE_S3_SECRET}" in text
+
+
 def test_no_secret_generators_in_kustomizations():
     for kfile in MANIFESTS.rglob("kustomization.yaml"):
         k = load_yaml(kfile)
@@ -469,9 +495,15 @@ def test_cronjobs_run_the_triggers(target):
 
 @pytest.mark.parametrize("target", TARGETS)
 def test_references_resolve(target):
-    """Every ConfigMap, ServiceAccount, PVC and Role a pod or binding names is rendered too."""
+    """Every ConfigMap, ServiceAccount, PVC and Role a pod or binding names is rendered too;
+    every Secret a pod or ServiceAccount names is one the admin creates (ADMIN_SECRETS)."""
     objs = rendered(target)
     have = {(o["kind"], o["metadata"]["name"]) for o in objs}
+    assert not [o for o in objs if o["kind"] == "Secret"]
+    for obj in objs:
+        if obj["kind"] == "ServiceAccount":
+            for ref in obj.get("secrets", []) + obj.get("imagePullSecrets", []):
+                assert ref["name"] in ADMIN_SECRETS, f"{ident(obj)} names Secret {ref['name']}"
     for where, pod in all_pod_specs(objs):
         if "serviceAccountName" in pod:
             assert ("ServiceAccount", pod["serviceAccountName"]) in have, where
@@ -480,14 +512,21 @@ def test_references_resolve(target):
                 assert ("PersistentVolumeClaim", vol["persistentVolumeClaim"]["claimName"]) in have, where
             if "configMap" in vol:
                 assert ("ConfigMap", vol["configMap"]["name"]) in have, where
+            if "secret" in vol:
+                assert vol["secret"]["secretName"] in ADMIN_SECRETS, where
         for c in containers(pod):
             for src in c.get("envFrom", []):
                 if "configMapRef" in src:
                     assert ("ConfigMap", src["configMapRef"]["name"]) in have, where
+                if "secretRef" in src:
+                    assert src["secretRef"]["name"] in ADMIN_SECRETS, where
             for env in c.get("env", []):
                 ref = env.get("valueFrom", {}).get("configMapKeyRef")
                 if ref:
                     assert ("ConfigMap", ref["name"]) in have, where
+                ref = env.get("valueFrom", {}).get("secretKeyRef")
+                if ref:
+                    assert ref["name"] in ADMIN_SECRETS, where
             mounts = {m["name"] for m in c.get("volumeMounts", [])}
             assert mounts <= {v["name"] for v in pod.get("volumes", [])}, where
     for obj in objs:

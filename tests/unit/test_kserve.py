@@ -1,7 +1,8 @@
 """The KServe target against a fake Kubernetes API (no API server or KServe exists here): the
 exact objects and patch bodies sent, in order, each validated against the InferenceService
-schema (tests/unit/schemas) or the Kubernetes OpenAPI; the registry on the real S3 server;
-logged predictions really served by the canary's ONNX file."""
+schema (tests/unit/schemas); the registry on the real S3 server; logged predictions really
+served by the canary's ONNX file. The step sends nothing but the InferenceService: credentials
+live in an admin-created Secret behind the committed ServiceAccount."""
 
 import copy
 import json
@@ -9,10 +10,9 @@ import uuid
 from pathlib import Path
 
 import jsonschema
-import kubernetes_validate
 import pyarrow as pa
 import pytest
-from kubernetes.client import ApiClient
+import yaml
 from kubernetes.client.exceptions import ApiException
 
 from components._shared.dataset import ID, images_to_array
@@ -21,16 +21,15 @@ from components._shared.registry import CANARY, CHAMPION, PREVIOUS, Registry
 from components._shared.sampledata import SeedConfig, load_digits_uint8, seed_digits
 from components._shared.store import LocalStore, S3Store, parquet_bytes
 from components.deploy_canary.core import DeployConfig, deploy
-from components.deploy_canary.kserve import (PROMOTE_PATCH, ROLLBACK_PATCH, KServeConfig, KServeRollout,
-                                             StorePredictionLog, inference_service, s3_secret, service_account,
-                                             storage_uri)
+from components.deploy_canary.kserve import (KIND, PROMOTE_PATCH, ROLLBACK_PATCH, KServeConfig, KServeRollout,
+                                             StorePredictionLog, inference_service, storage_uri)
 from components.evaluate.core import onnx_probabilities
 from components.ingest.core import IngestConfig, ingest
 from components.train.core import META_FILE, ONNX_FILE
 from tests.helpers import train_in_process
 
 SCHEMA = json.loads((Path(__file__).parent / "schemas" / "kserve-inferenceservice-v1beta1.json").read_text())
-K8S_VERSION = "1.30.0"
+KSERVE_SA = Path(__file__).parents[2] / "manifests" / "base" / "ctp-kserve-serviceaccount.yaml"
 
 
 def merge_patch(target, patch):
@@ -47,11 +46,21 @@ def merge_patch(target, patch):
 
 
 class FakeKubernetesApi:  # no Kubernetes API server or KServe exists here
-    """CustomObjectsApi + CoreV1Api stand-in: stores objects, applies merge patches, validates
-    every stored InferenceService against the KServe schema, records every call in order."""
+    """CustomObjectsApi stand-in: stores objects, applies merge patches, validates every stored
+    InferenceService against the KServe schema, records every call in order. Any other API
+    method (a Secret, a ServiceAccount, ...) is recorded as unexpected and fails the call."""
 
     def __init__(self, ready: bool = True):
-        self.ready, self.revision, self.calls, self.objects, self.core_objects = ready, 0, [], {}, {}
+        self.ready, self.revision, self.calls, self.objects = ready, 0, [], {}
+
+    def __getattr__(self, method):
+        if method.startswith("_"):
+            raise AttributeError(method)
+
+        def unexpected(*args, **kwargs):
+            self.calls.append(("unexpected", method, (args, kwargs)))
+            raise AssertionError(f"the step called {method}, which it must never need")
+        return unexpected
 
     def _check(self, group, version, plural):
         assert (group, version, plural) == ("serving.kserve.io", "v1beta1", "inferenceservices")
@@ -87,28 +96,6 @@ class FakeKubernetesApi:  # no Kubernetes API server or KServe exists here
                          "components": {"predictor": {"latestCreatedRevision": f"{name}-predictor-{self.revision:05d}"}}}
         self.objects[name] = obj
 
-    # CoreV1Api
-    def _core(self, verb, kind, namespace, body, exists_ok):
-        data = ApiClient().sanitize_for_serialization(body)
-        kubernetes_validate.validate(data, K8S_VERSION, strict=True)
-        key = (kind, data["metadata"]["name"])
-        self.calls.append((verb, key[1], data))
-        if key in self.core_objects and not exists_ok:
-            raise ApiException(status=409, reason="AlreadyExists")
-        self.core_objects[key] = data
-
-    def create_namespaced_secret(self, namespace, body):
-        self._core("create", "Secret", namespace, body, exists_ok=False)
-
-    def replace_namespaced_secret(self, name, namespace, body):
-        self._core("replace", "Secret", namespace, body, exists_ok=True)
-
-    def create_namespaced_service_account(self, namespace, body):
-        self._core("create", "ServiceAccount", namespace, body, exists_ok=False)
-
-    def replace_namespaced_service_account(self, name, namespace, body):
-        self._core("replace", "ServiceAccount", namespace, body, exists_ok=True)
-
 
 class FakePrometheus:  # no Prometheus exists here: answers /api/v1/query like Prometheus does
     def __init__(self, error_rate: float, p99_seconds: float):
@@ -142,7 +129,7 @@ def s3_store(s3_server):
     return S3Store("ctp-test", f"kserve-{uuid.uuid4().hex[:8]}", s3_server)
 
 
-CONFIG = KServeConfig(name="digits", namespace="ml", s3_endpoint="minio.ctp:9000", intervals=3, interval_seconds=60)
+CONFIG = KServeConfig(name="digits", namespace="ml", intervals=3, interval_seconds=60)
 
 
 def card(model_dir, parent, run_id):
@@ -174,43 +161,41 @@ class LiveTraffic:
 
 def rollout_for(api, store, model_dir, config=CONFIG, **kwargs):
     traffic = LiveTraffic(api, store, model_dir)
-    return KServeRollout(api, api, config, StorePredictionLog(store, "digits"), sleep=traffic, **kwargs), traffic
+    return KServeRollout(api, config, StorePredictionLog(store, "digits"), sleep=traffic, **kwargs), traffic
 
 
-def test_objects_match_the_inferenceservice_and_kubernetes_schemas():
+def test_objects_match_the_inferenceservice_schema():
     uri = storage_uri("s3://ctp/ctp", "digits", "v1")
     assert uri == "s3://ctp/ctp/models/digits/versions/v1/"
     isvc = inference_service(CONFIG, uri, "v1")
     jsonschema.validate(isvc, SCHEMA)
     assert isvc["spec"] == {"predictor": {"serviceAccountName": "ctp-kserve",
                                           "model": {"modelFormat": {"name": "onnx"}, "storageUri": uri}}}
-    secret = ApiClient().sanitize_for_serialization(s3_secret(CONFIG, "AK", "SK"))
-    kubernetes_validate.validate(secret, K8S_VERSION, strict=True)
-    assert secret["metadata"]["annotations"] == {"serving.kserve.io/s3-endpoint": "minio.ctp:9000",
-                                                 "serving.kserve.io/s3-usehttps": "0"}
-    assert secret["stringData"] == {"AWS_ACCESS_KEY_ID": "AK", "AWS_SECRET_ACCESS_KEY": "SK"}
-    account = ApiClient().sanitize_for_serialization(service_account(CONFIG))
-    assert account["secrets"] == [{"name": "ctp-kserve-s3"}]
     with pytest.raises(jsonschema.ValidationError):  # the schema really rejects a misspelt field
         jsonschema.validate(merge_patch(isvc, {"spec": {"predictor": {"canaryTraficPercent": 10}}}), SCHEMA)
     with pytest.raises(ConfigError):
         storage_uri("/tmp/store", "digits", "v1")
 
 
-def test_credentials_are_created_then_replaced():
-    api = FakeKubernetesApi()
-    rollout = KServeRollout(api, api, CONFIG, predictions=None)
-    rollout.apply_credentials("AK", "SK")
-    rollout.apply_credentials("AK2", "SK2")
-    assert [(verb, name) for verb, name, _ in api.calls] == [
-        ("create", "ctp-kserve-s3"), ("create", "ctp-kserve"), ("create", "ctp-kserve-s3"),
-        ("replace", "ctp-kserve-s3"), ("create", "ctp-kserve"), ("replace", "ctp-kserve")]
-    assert api.core_objects[("Secret", "ctp-kserve-s3")]["stringData"]["AWS_ACCESS_KEY_ID"] == "AK2"
-
-
 def first_deploy(api, s3_store, models):
     rollout, _ = rollout_for(api, s3_store, models / "good")
     return deploy(s3_store, models / "good", card(models / "good", None, "r1"), DeployConfig(), rollout)
+
+
+def test_predictor_runs_as_the_committed_service_account_and_no_secret_is_sent(s3_store, models):
+    api = FakeKubernetesApi()
+    first = first_deploy(api, s3_store, models)
+    rollout, _ = rollout_for(api, s3_store, models / "good")
+    deploy(s3_store, models / "good", card(models / "good", first["version"], "r2"), DeployConfig(), rollout)
+    account = yaml.safe_load(KSERVE_SA.read_text())
+    assert account["kind"] == "ServiceAccount"
+    assert api.objects["digits"]["spec"]["predictor"]["serviceAccountName"] == account["metadata"]["name"]
+    assert [verb for verb, _, _ in api.calls] == ["get", "create", "get", "get", "patch", "get", "patch"]
+    assert all(body is None or body.get("kind", KIND) == KIND for _, _, body in api.calls)
+    assert "Secret" not in json.dumps([body for _, _, body in api.calls])
+    with pytest.raises(AssertionError):  # the fake really refuses anything but the InferenceService
+        api.create_namespaced_secret("ml", {"kind": "Secret"})
+    assert api.calls[-1][:2] == ("unexpected", "create_namespaced_secret")
 
 
 def test_first_model_creates_the_inferenceservice_and_becomes_champion(s3_store, models):
@@ -275,7 +260,7 @@ def test_prometheus_error_rate_rolls_back_a_canary_that_agrees(s3_store, models)
     api = FakeKubernetesApi()
     first = first_deploy(api, s3_store, models)
     prometheus = FakePrometheus(error_rate=0.2, p99_seconds=0.05)
-    config = KServeConfig(name="digits", namespace="ml", s3_endpoint="minio.ctp:9000", intervals=2,
+    config = KServeConfig(name="digits", namespace="ml", intervals=2,
                           interval_seconds=30, prometheus_url="http://prometheus.monitoring:9090")
     rollout, _ = rollout_for(api, s3_store, models / "good", config, opener=prometheus)
     record = deploy(s3_store, models / "good", card(models / "good", first["version"], "r2"), DeployConfig(), rollout)
@@ -288,7 +273,7 @@ def test_prometheus_error_rate_rolls_back_a_canary_that_agrees(s3_store, models)
 
 def test_inferenceservice_never_ready_rolls_back(s3_store, models):
     api = FakeKubernetesApi(ready=False)
-    config = KServeConfig(name="digits", namespace="ml", s3_endpoint="minio.ctp:9000", ready_timeout_seconds=0)
+    config = KServeConfig(name="digits", namespace="ml", ready_timeout_seconds=0)
     rollout, _ = rollout_for(api, s3_store, models / "good", config)
     record = deploy(s3_store, models / "good", card(models / "good", None, "r1"), DeployConfig(), rollout)
     assert record["decision"] == "rollback" and "not Ready" in record["reason"]

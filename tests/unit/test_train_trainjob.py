@@ -155,3 +155,14 @@ def test_invalid_node_counts_are_refused():
     with pytest.raises(TrainJobError):
         trainjob.build(TrainJobSettings(), name="n", namespace="ml", num_nodes=0, nproc_per_node=1,
                        store_uri="s3://b", config_key="k")
+
+
+def test_worker_pods_carry_the_network_policy_labels_through_a_runtime_patch():
+    api = FakeCustomObjectsApi(statuses=[COMPLETE])
+    run(api)
+    (_, body), = api.created
+    (patch,) = body["spec"]["runtimePatches"]
+    (node,) = patch["trainingRuntimeSpec"]["template"]["spec"]["replicatedJobs"]
+    assert node["name"] == "node"
+    assert node["template"]["spec"]["template"]["metadata"]["labels"] == {
+        "app.kubernetes.io/part-of": "ctp", "app.kubernetes.io/component": "training"}
