@@ -242,7 +242,8 @@ def retrain(stream: Stream, serving: Serving, step: int, policy: Policy, config:
         "train_examples": meta["train_rows"] * meta["epochs"],
         "train_seconds": sum(e["seconds"] for e in meta["history"]), "train_wall_seconds": train_wall,
         "judge_seconds": time.perf_counter() - started,
-        "gate": report["gate"], "canary": {k: canary[k] for k in ("decision", "reason")}, "deployed": deployed,
+        "gate": report["gate"], "deployed": deployed,
+        "canary": {k: canary[k] for k in ("decision", "reason", "agreement", "disagreement_confidence") if k in canary},
     }
     if not deployed:
         return serving, record

@@ -3,7 +3,6 @@
 import csv
 import io
 
-import numpy as np
 import pytest
 from click.testing import CliRunner
 
@@ -100,19 +99,17 @@ def test_cli_reports_a_bad_policy_in_one_line(tmp_path):
 POLICIES = ("never", "drift/warm/0", "every2/warm/0", "always/warm/0")
 
 
-def _run(tmp_path, min_agreement: float, policies=POLICIES) -> dict:
+def _run(tmp_path, policies=POLICIES) -> dict:
     store = LocalStore(tmp_path / "store")
     seed_stream(store, "stream", 10, [Segment("rotation", SHIFT_AT)], seed=0)
-    config = SimulateConfig(store_uri=store.uri, dataset="stream", policies=policies,
-                            deploy=DeployConfig(min_agreement=min_agreement))
+    config = SimulateConfig(store_uri=store.uri, dataset="stream", policies=policies, deploy=DeployConfig())
     return simulate(config, progress=False)
 
 
 @pytest.fixture(scope="module")
 def adapting(tmp_path_factory):
-    """The canary's agreement bar lowered to 0.5: after a 30-degree rotation the serving model is
-    wrong on ~45% of traffic, so a challenger that fixes it must disagree with it (see below)."""
-    return _run(tmp_path_factory.mktemp("sim"), min_agreement=0.5)
+    """The pipeline's own gate and canary settings on a stream with a sudden 30-degree rotation."""
+    return _run(tmp_path_factory.mktemp("sim"))
 
 
 def _policy(result: dict, label: str) -> dict:
@@ -165,13 +162,16 @@ def test_prequential_scoring_and_outputs_in_the_store(adapting):
 
 
 @pytest.mark.slow
-def test_pipeline_canary_defaults_roll_back_the_adaptation_to_a_large_shift(tmp_path):
-    """What the simulator is for: with the pipeline's canary bar (agreement >= 0.7) every
-    challenger trained on rotated digits passes the gate but is rolled back by the canary."""
-    result = _run(tmp_path, min_agreement=DeployConfig().min_agreement, policies=("never", "drift/warm/0"))
-    drift = _policy(result, "drift/warm/0")
-    after = [r["retrain"] for r in drift["steps"] if r["retrain"] and r["step"] >= SHIFT_AT]
-    assert after and all(r["gate"]["decision"] == "pass" for r in after)
-    assert not any(r["deployed"] for r in after)
-    assert all("agreement" in r["canary"]["reason"] for r in after)
-    assert np.isclose(drift["summary"]["mean_accuracy"], _policy(result, "never")["summary"]["mean_accuracy"])
+def test_pipeline_canary_defaults_let_the_adaptation_to_a_large_shift_through(adapting):
+    """The flaw the simulator found: after a 30-degree rotation the serving model is wrong on ~45%
+    of traffic, so a challenger that fixes it must disagree with it. The canary used to roll every
+    such challenger back on agreement alone; it now accepts one that is the more confident model
+    where the two disagree."""
+    drift = _policy(adapting, "drift/warm/0")
+    deployed = [r["retrain"] for r in drift["steps"]
+                if r["retrain"] and r["step"] >= SHIFT_AT and r["retrain"]["deployed"]]
+    assert deployed, [r["retrain"] for r in drift["steps"] if r["retrain"]]
+    low_agreement = [r["canary"] for r in deployed if r["canary"].get("agreement", 1) < DeployConfig().min_agreement]
+    assert low_agreement, [r["canary"] for r in deployed]
+    for canary in low_agreement:
+        assert canary["disagreement_confidence"]["canary"] > canary["disagreement_confidence"]["champion"]
