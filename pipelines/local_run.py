@@ -45,7 +45,9 @@ def run_locally(options: LocalRunOptions, run_id: str | None = None) -> str:
     from pipelines.continuous_training import build_pipeline
 
     store = open_store(options.store_uri)
-    fingerprint = compute_fingerprint(store, options.dataset, options.test_fraction)  # the cache key, as on KFP
+    replay = float(options.extra_params.get("replay_fraction", 1.0))
+    # the cache key, as on KFP: the same window ingest will read
+    fingerprint = compute_fingerprint(store, options.dataset, options.test_fraction, replay, options.model_name)
     run_id = run_id or new_run_id()
     # kfp.local warns that it ignores resources, GPUs and images: expected on a laptop, see `ctp compile`.
     warnings.filterwarnings("ignore", module=r"kfp\.local")

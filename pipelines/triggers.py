@@ -194,7 +194,8 @@ def run_parameters(store: Store, dataset: str, model: str, *, trigger: str, run_
     from components.ingest.core import compute_fingerprint
 
     extra = extra or {}
-    fingerprint = compute_fingerprint(store, dataset, float(extra.get("test_fraction", DEFAULT_TEST_FRACTION)))
+    fingerprint = compute_fingerprint(store, dataset, float(extra.get("test_fraction", DEFAULT_TEST_FRACTION)),
+                                      float(extra.get("replay_fraction", 1.0)), model)
     return {"store_uri": store.uri, "dataset": dataset, "model_name": model, "data_fingerprint": fingerprint,
             "run_id": run_id, "trigger": trigger, "evidence_uri": evidence_uri, **extra}
 

@@ -539,6 +539,7 @@ class S3Store(Store):
             connect_timeout=policy.connect_timeout,
             request_timeout=policy.read_timeout,
             retry_strategy=pafs.AwsStandardS3RetryStrategy(max_attempts=policy.attempts),
+            allow_delayed_open=True,  # small objects in one PUT: no multipart upload left by a crash
         )
         root = f"{self.bucket}/{self.prefix}" if self.prefix else self.bucket
         return pafs.PyFileSystem(_StoreFSHandler(pafs.SubTreeFileSystem(root, fs)))

@@ -121,14 +121,12 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     def _body(self) -> bytes:
         if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
             chunks = []
-            while True:
-                size = int(self.rfile.readline().split(b";")[0], 16)
+            while size := int(self.rfile.readline().split(b";")[0], 16):
                 chunks.append(self.rfile.read(size))
                 self.rfile.readline()
-                if size == 0:
-                    while self.rfile.readline() not in (b"\r\n", b"\n", b""):
-                        pass
-                    return b"".join(chunks)
+            while self.rfile.readline() not in (b"\r\n", b"\n", b""):  # trailers, then the blank line
+                pass
+            return b"".join(chunks)
         return self.rfile.read(int(self.headers.get("Content-Length") or 0))
 
     def _reset(self) -> None:

@@ -11,7 +11,7 @@ from kfp import dsl
 from components._shared.dataset import ID, IMAGE, LABEL, SHAPE_KEY
 from components._shared.errors import DataValidationError
 from components._shared.registry import CHAMPION, Registry, new_version_id
-from components._shared.sampledata import SeedConfig, load_digits_uint8, seed_digits
+from components._shared.sampledata import SeedConfig, seed_digits
 from components._shared.snapshot import load_split, read_manifest
 from components._shared.store import parquet_bytes
 from components.ingest import core as ingest_core
