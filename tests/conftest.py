@@ -63,3 +63,23 @@ def local_store(tmp_path):
 def seeded_store(local_store):
     seed_digits(local_store, SeedConfig(batches=2))
     return local_store
+
+
+@pytest.fixture(scope="session")
+def trained_models(tmp_path_factory):
+    """Models trained once for the whole session on two seeded digits batches: `good` and `good2`
+    (3 epochs, different seeds), `weak` (1 epoch at lr 1e-4) and `untrained` (lr 1e-6)."""
+    import types
+
+    from components.ingest.core import IngestConfig, ingest
+    from tests.helpers import train_in_process
+
+    root = tmp_path_factory.mktemp("trained")
+    store = LocalStore(root / "store")
+    seed_digits(store, SeedConfig(batches=2))
+    fingerprint = ingest(store, IngestConfig()).fingerprint
+    train_in_process(store, fingerprint, root / "good", epochs=3)
+    train_in_process(store, fingerprint, root / "good2", epochs=3, seed=3)
+    train_in_process(store, fingerprint, root / "weak", epochs=1, lr=1e-4)
+    train_in_process(store, fingerprint, root / "untrained", epochs=1, lr=1e-6)
+    return types.SimpleNamespace(store=store, fingerprint=fingerprint, root=root)

@@ -33,6 +33,7 @@ MAX_KEY_LENGTH = 1024
 MAX_SEGMENT_LENGTH = 255  # NAME_MAX of the filesystems a local store lives on
 _KEY_PART = re.compile(r"[A-Za-z0-9_=+@,:-][A-Za-z0-9._=+@,:-]*")
 _WRITE_ID, _SHA256 = "x-amz-meta-ctp-write-id", "x-amz-meta-ctp-sha256"  # on every S3 PUT of put_bytes
+PART_SIZE = 5 * 1024 * 1024  # S3's smallest part; larger files are uploaded in parts
 _TMP_PREFIX = ".tmp-"  # a local writer's file before its atomic rename
 
 
@@ -493,11 +494,52 @@ class S3Store(Store):
         self._retry(f"delete {key}", lambda: self.client.remove_object(self.bucket, name))
 
     def put_file(self, key: str, path: str | Path) -> str:
-        """Large files go up in parts; a writer killed mid-way leaves an incomplete upload (never
-        a visible object) that ``stale_uploads``/``abort_upload`` clean up."""
+        """Files above PART_SIZE go up as a multipart upload, each request retried on its own
+        (minio-py retries none of them, and a whole-upload retry would restart from part 1). A
+        writer killed mid-way leaves an incomplete upload, never a visible object; the janitor
+        (``stale_uploads``/``abort_upload``) removes it."""
+        if Path(path).stat().st_size <= PART_SIZE:
+            return self.put_bytes(key, Path(path).read_bytes())
         name = self._name(key)
-        result = self._retry(f"upload {key}", lambda: self.client.fput_object(self.bucket, name, str(path)))
-        return result.etag.strip('"')
+        upload_id = self._retry(f"start upload of {key}",
+                                lambda: self.client._create_multipart_upload(self.bucket, name, {}))
+        try:
+            parts = self._upload_parts(key, name, upload_id, Path(path))
+            return self._complete(key, name, upload_id, parts)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                self.abort_upload(PendingUpload(key, upload_id, None))
+            raise
+
+    def _upload_parts(self, key: str, name: str, upload_id: str, path: Path) -> list:
+        """Uploads every part; returns their minio ``Part`` records (number, ETag)."""
+        from minio.datatypes import Part
+
+        parts = []
+        with open(path, "rb") as handle:
+            while chunk := handle.read(PART_SIZE):
+                number = len(parts) + 1
+                etag = self._retry(f"upload part {number} of {key}", lambda: self.client._upload_part(
+                    self.bucket, name, chunk, None, upload_id, number))  # noqa: B023 (called at once)
+                parts.append(Part(number, etag.strip('"')))
+        return parts
+
+    def _complete(self, key: str, name: str, upload_id: str, parts: list) -> str:
+        """Complete the upload. A retry after a lost reply finds the upload gone (NoSuchUpload):
+        the object whose multipart ETag matches our parts' proves the first attempt landed."""
+        from minio.error import S3Error
+
+        try:
+            result = self._retry(f"complete upload of {key}", lambda: self.client._complete_multipart_upload(
+                self.bucket, name, upload_id, parts))
+            return result.etag.strip('"')
+        except S3Error as err:
+            if err.code != "NoSuchUpload":
+                raise
+            expected = hashlib.md5(b"".join(bytes.fromhex(p.etag) for p in parts)).hexdigest() + f"-{len(parts)}"
+            if self.exists(key) and self.etag(key) == expected:
+                return expected
+            raise
 
     def get_file(self, key: str, path: str | Path) -> None:
         Path(path).parent.mkdir(parents=True, exist_ok=True)

@@ -7,21 +7,12 @@ from components._shared.registry import CANARY, CHAMPION, PREVIOUS, Registry
 from components._shared.sampledata import SeedConfig, seed_digits
 from components._shared.store import LocalStore
 from components.deploy_canary.core import DeployConfig, canary_analysis, deploy
-from components.ingest.core import IngestConfig, ingest
 from components.train.core import META_FILE, ONNX_FILE
-from tests.helpers import train_in_process
 
 
 @pytest.fixture(scope="module")
-def models(tmp_path_factory):
-    root = tmp_path_factory.mktemp("deploy")
-    store = LocalStore(root / "seed-store")
-    seed_digits(store, SeedConfig(batches=2))
-    fingerprint = ingest(store, IngestConfig()).fingerprint
-    train_in_process(store, fingerprint, root / "good", epochs=4)
-    train_in_process(store, fingerprint, root / "good2", epochs=4, seed=3)
-    train_in_process(store, fingerprint, root / "untrained", epochs=1, lr=1e-6)
-    return root
+def models(trained_models):
+    return trained_models.root
 
 
 def _card(model_dir, parent, run_id):

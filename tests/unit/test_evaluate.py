@@ -37,14 +37,8 @@ def copy_batches(source, dest, *, only=None, noise: float = 0.0, seed: int = 0) 
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    root = tmp_path_factory.mktemp("eval")
-    store = LocalStore(root / "store")
-    seed_digits(store, SeedConfig(batches=2))
-    fingerprint = ingest(store, IngestConfig()).fingerprint
-    train_in_process(store, fingerprint, root / "good", epochs=3)
-    train_in_process(store, fingerprint, root / "weak", epochs=1, lr=1e-4)
-    return store, fingerprint, root
+def trained(trained_models):
+    return trained_models.store, trained_models.fingerprint, trained_models.root
 
 
 def publish_champion(store, model_dir, batches) -> str:

@@ -18,15 +18,13 @@ from kubernetes.client.exceptions import ApiException
 from components._shared.dataset import ID, images_to_array
 from components._shared.errors import ConfigError
 from components._shared.registry import CANARY, CHAMPION, PREVIOUS, Registry
-from components._shared.sampledata import SeedConfig, load_digits_uint8, seed_digits
-from components._shared.store import LocalStore, S3Store, parquet_bytes
+from components._shared.sampledata import load_digits_uint8
+from components._shared.store import S3Store, parquet_bytes
 from components.deploy_canary.core import DeployConfig, deploy
 from components.deploy_canary.kserve import (KIND, PROMOTE_PATCH, ROLLBACK_PATCH, KServeConfig, KServeRollout,
                                              StorePredictionLog, inference_service, storage_uri)
 from components.evaluate.core import onnx_probabilities
-from components.ingest.core import IngestConfig, ingest
 from components.train.core import META_FILE, ONNX_FILE
-from tests.helpers import train_in_process
 
 SCHEMA = json.loads((Path(__file__).parent / "schemas" / "kserve-inferenceservice-v1beta1.json").read_text())
 KSERVE_SA = Path(__file__).parents[2] / "manifests" / "base" / "ctp-kserve-serviceaccount.yaml"
@@ -114,14 +112,8 @@ class FakePrometheus:  # no Prometheus exists here: answers /api/v1/query like P
 
 
 @pytest.fixture(scope="module")
-def models(tmp_path_factory):
-    root = tmp_path_factory.mktemp("kserve")
-    store = LocalStore(root / "seed")
-    seed_digits(store, SeedConfig(batches=2))
-    fingerprint = ingest(store, IngestConfig()).fingerprint
-    train_in_process(store, fingerprint, root / "good", epochs=2)
-    train_in_process(store, fingerprint, root / "untrained", epochs=1, lr=1e-6)
-    return root
+def models(trained_models):
+    return trained_models.root
 
 
 @pytest.fixture
