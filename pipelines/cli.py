@@ -141,9 +141,11 @@ main.add_command(triggers_cli.schedule_command)
 main.add_command(triggers_cli.monitor_command)
 from pipelines.models_cli import models  # noqa: E402
 from pipelines.simulate_cli import simulate  # noqa: E402
+from pipelines.store_cli import store  # noqa: E402
 
 main.add_command(models)
 main.add_command(simulate)
+main.add_command(store)
 
 if __name__ == "__main__":
     main()

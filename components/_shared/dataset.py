@@ -116,7 +116,7 @@ def check_images(table: pa.Table | pa.RecordBatch, batch: str) -> tuple[list[Fin
     column = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
     if pa.types.is_fixed_size_list(field.type) or pa.types.is_list(field.type):
         return _check_array_images(column, field, table, batch)
-    if pa.types.is_fixed_size_binary(field.type) and field_shape(field) is not None:
+    if pa.types.is_fixed_size_binary(field.type) and SHAPE_KEY in (field.metadata or {}):
         return _check_pixel_images(column, field, table, batch)
     if pa.types.is_binary(field.type) or pa.types.is_large_binary(field.type):
         return _check_encoded_images(column, table, batch)
@@ -162,7 +162,10 @@ def _check_array_images(column, field, table, batch) -> tuple[list[Finding], np.
 
 
 def _check_pixel_images(column, field, table, batch) -> tuple[list[Finding], np.ndarray | None]:
-    shape = field_shape(field)
+    try:
+        shape = field_shape(field)
+    except ValueError as err:  # a declared shape that is huge or not H,W,C
+        return [Finding("IMAGE_SHAPE", "error", batch, str(err), len(column))], None
     if field.type.byte_width != shape[0] * shape[1] * shape[2]:
         return [Finding("IMAGE_SHAPE", "error", batch, f"{field.type.byte_width} bytes per image do not hold "
                         f"the declared shape {shape}", len(column))], None

@@ -9,13 +9,62 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import io
+import json
 import secrets
+import struct
 from pathlib import Path
 
-from components._shared.errors import IntegrityError, StoreKeyError, StoreNotFound
+from components._shared.errors import IntegrityError, StoreKeyError, StoreNotFound, UnsafeArtifactError
 from components._shared.store import Store, check_key, json_bytes, sha256_bytes
 
 CHAMPION, CANARY, PREVIOUS = "champion", "canary", "previous"
+ARTIFACT_SUFFIXES = (".safetensors", ".onnx", ".json", ".npy")  # none of them can carry code
+_CODE_CARRIERS = {b"\x80": "a pickle", b"PK\x03\x04": "a zip (torch.save) archive"}  # by leading bytes
+
+
+def _refuse(name: str, why: str) -> UnsafeArtifactError:
+    return UnsafeArtifactError(f"{name}: {why}; refused without loading it",
+                               hint="weights travel as safetensors and arrays as plain .npy, never as pickles")
+
+
+def screen_artifact(name: str, data: bytes) -> None:
+    """Cheap check before publishing: a known suffix, and not a pickle or torch zip in disguise."""
+    if not name.endswith(ARTIFACT_SUFFIXES):
+        raise _refuse(name, f"only {', '.join(ARTIFACT_SUFFIXES)} files are model artifacts")
+    for magic, what in _CODE_CARRIERS.items():
+        if data.startswith(magic):
+            raise _refuse(name, f"the file is {what}")
+
+
+def check_artifact(name: str, data: bytes) -> None:
+    """Before anything loads ``data``: it must parse as what its suffix says, by reading headers
+    only (nothing is unpickled or executed)."""
+    screen_artifact(name, data)
+    if name.endswith(".safetensors"):
+        size = struct.unpack("<Q", data[:8])[0] if len(data) >= 8 else -1
+        try:
+            header = json.loads(data[8:8 + size]) if 0 < size <= len(data) - 8 else None
+        except ValueError:
+            header = None
+        if not isinstance(header, dict):
+            raise _refuse(name, "the file is not safetensors (no valid header)")
+    elif name.endswith(".npy"):
+        import numpy as np
+
+        stream = io.BytesIO(data)
+        readers = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+        try:
+            _, _, dtype = readers[np.lib.format.read_magic(stream)](stream)
+        except (ValueError, KeyError):
+            raise _refuse(name, "the file is not a .npy array (version 1 or 2)") from None
+        if dtype.hasobject:
+            raise _refuse(name, "the array holds Python objects (pickles)")
+    elif name.endswith(".json"):
+        try:
+            json.loads(data)
+        except ValueError:
+            raise _refuse(name, "the file is not JSON") from None
 
 
 def utc_now() -> str:
@@ -61,6 +110,7 @@ class Registry:
         digests = {}
         for name, path in sorted(files.items()):
             data = Path(path).read_bytes()
+            screen_artifact(name, data)
             self.store.put_bytes(prefix + name, data, create_only=True)
             digests[name] = sha256_bytes(data)
         card = {**card, "model": self.model, "version": version, "files": digests, "published_at": utc_now()}
@@ -76,11 +126,13 @@ class Registry:
                 if self.store.exists(self.version_prefix(v) + "card.json")]
 
     def fetch(self, version: str, name: str, dest: Path) -> Path:
-        """Download one blob of a version and verify it against the card's sha256."""
+        """Download one blob of a version, verify it against the card's sha256 and check that it
+        is the safe format its name says (UnsafeArtifactError otherwise)."""
         data = self.store.get_bytes(self.version_prefix(version) + name)
         expected = self.card(version)["files"].get(name)
         if expected != sha256_bytes(data):
             raise IntegrityError(f"{self.model}:{version}/{name} does not match its card checksum")
+        check_artifact(f"{self.model}:{version}/{name}", data)
         dest.parent.mkdir(parents=True, exist_ok=True)
         dest.write_bytes(data)
         return dest

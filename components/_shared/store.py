@@ -25,7 +25,9 @@ from typing import Any, Iterator, Mapping
 import pyarrow.fs as pafs
 
 from components._shared import retry
-from components._shared.errors import AlreadyExists, ConfigError, StoreKeyError, StoreNotFound
+from components._shared.errors import (
+    AlreadyExists, ConfigError, DataValidationError, StoreKeyError, StoreNotFound,
+)
 from components._shared.retry import RetryPolicy
 
 DEFAULT_STORE = "./.ctp-store"
@@ -727,10 +729,15 @@ def open_store(uri: str | None = None, env: Mapping[str, str] | None = None) -> 
 
 def read_parquet(store: Store, key: str):
     """Read one Parquet object from the store into a pyarrow Table."""
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
     with store.arrow_filesystem().open_input_file(check_key(key)) as handle:
-        return pq.read_table(handle)
+        try:
+            return pq.read_table(handle)
+        except pa.ArrowInvalid as err:
+            raise DataValidationError(f"{store.describe(key)} is not a readable Parquet file ({err})",
+                                      code="PARQUET_CORRUPT", hint="rewrite or remove the object") from None
 
 
 def parquet_bytes(table) -> bytes:

@@ -6,7 +6,9 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
+import numpy as np
 import pytest
+from safetensors.numpy import save as safetensors_bytes
 
 from components._shared.errors import AlreadyExists, IntegrityError, StoreKeyError, StoreNotFound
 from components._shared.registry import CANARY, CHAMPION, PREVIOUS, AliasRef, Registry, new_version_id
@@ -17,7 +19,8 @@ def _files(tmp_path: Path, tag: str) -> dict[str, Path]:
     out = tmp_path / f"files-{tag}"
     out.mkdir(parents=True, exist_ok=True)
     files = {"model.safetensors": out / "model.safetensors", "model.onnx": out / "model.onnx"}
-    files["model.safetensors"].write_bytes(f"weights of {tag}".encode() * 64)
+    files["model.safetensors"].write_bytes(safetensors_bytes({"w": np.frombuffer(f"weights of {tag}".encode() * 64,
+                                                                               np.uint8)}))
     files["model.onnx"].write_bytes(f"onnx graph of {tag}".encode() * 32)
     return files
 
