@@ -125,14 +125,19 @@ class Registry:
         return [v for v in self.store.list_dirs(f"{self.root}versions")
                 if self.store.exists(self.version_prefix(v) + "card.json")]
 
-    def fetch(self, version: str, name: str, dest: Path) -> Path:
-        """Download one blob of a version, verify it against the card's sha256 and check that it
-        is the safe format its name says (UnsafeArtifactError otherwise)."""
+    def read_verified(self, version: str, name: str) -> bytes:
+        """One blob of a version, verified against the card's sha256 and checked to be the safe
+        format its name says (UnsafeArtifactError otherwise)."""
         data = self.store.get_bytes(self.version_prefix(version) + name)
         expected = self.card(version)["files"].get(name)
         if expected != sha256_bytes(data):
             raise IntegrityError(f"{self.model}:{version}/{name} does not match its card checksum")
         check_artifact(f"{self.model}:{version}/{name}", data)
+        return data
+
+    def fetch(self, version: str, name: str, dest: Path) -> Path:
+        """Download a verified blob (see read_verified) to ``dest``."""
+        data = self.read_verified(version, name)
         dest.parent.mkdir(parents=True, exist_ok=True)
         dest.write_bytes(data)
         return dest

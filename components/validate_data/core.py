@@ -54,7 +54,7 @@ def load_champion(store: Store, model: str) -> Champion | None:
     card = registry.card(ref.version)
     reference = None
     if REFERENCE_FILE in card.get("files", {}):
-        data = store.get_bytes(registry.version_prefix(ref.version) + REFERENCE_FILE)
+        data = registry.read_verified(ref.version, REFERENCE_FILE)
         reference = np.load(io.BytesIO(data), allow_pickle=False)
     return Champion(ref.version, card, reference)
 
