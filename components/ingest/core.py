@@ -24,7 +24,7 @@ from components._shared.dataset import (
     BATCH, ID, IMAGE, LABEL, Finding, check_batch_table, is_test_example, list_batches, pixels_to_array,
     raise_on_errors, stable_bucket,
 )
-from components._shared.errors import AlreadyExists, ConfigError, DataValidationError
+from components._shared.errors import AlreadyExists, ConfigError, DataValidationError, StoreUnavailable
 from components._shared.registry import CHAMPION, Registry
 from components._shared.snapshot import SPLITS, SplitWriter, read_manifest, snapshot_prefix
 from components._shared.store import Store
@@ -120,6 +120,14 @@ class LabelMap:
         return np.fromiter((self._index[v] for v in values), np.int64, len(values))
 
 
+def _raise_if_store_failed(err: Exception, key: str) -> None:
+    """pyarrow reports an S3 read that failed past its retries as an OSError naming the AWS
+    error: that is the store being down, not a corrupt file, and must not become a finding."""
+    if isinstance(err, OSError) and "AWS Error" in str(err):
+        raise StoreUnavailable(f"reading {key} kept failing: {err}",
+                               hint="check that the store is reachable, then re-run") from None
+
+
 def _merge(findings: list[Finding], new: Finding) -> None:
     """One finding per (code, batch): counts add up, examples are kept up to MAX_EXAMPLES."""
     for old in findings:
@@ -167,6 +175,7 @@ class _Scan:
                 return 0
             parquet = pq.ParquetFile(handle)
         except (pa.ArrowException, OSError) as err:
+            _raise_if_store_failed(err, key)
             self.add("PARQUET_CORRUPT", batch, f"{key} is not a readable Parquet file ({err})", 1, [key])
             return 0
         missing = [c for c in (ID, IMAGE, LABEL) if c not in parquet.schema_arrow.names]
@@ -179,6 +188,7 @@ class _Scan:
                 rows += record_batch.num_rows
                 self.check_and_write(batch, record_batch)
         except (pa.ArrowException, OSError) as err:
+            _raise_if_store_failed(err, key)
             self.add("PARQUET_CORRUPT", batch, f"{key} cannot be read to the end ({err})", 1, [key])
         return rows
 

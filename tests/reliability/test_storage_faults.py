@@ -196,6 +196,17 @@ def test_outage_during_ingest_publishes_no_snapshot(proxy, s3_server):
     assert [k for k in store.list("snapshots/") if k.endswith("manifest.json")] == []
 
 
+def test_outage_while_reading_batches_is_store_unavailable_not_a_corrupt_file(proxy, s3_server):
+    store = _store(proxy, s3_server, RetryPolicy())
+    seed_digits(store, SeedConfig(batches=2))
+    proxy.add(Rule("slowdown", times=10_000, match=lambda r: r.method == "GET" and "/datasets/" in r.path))
+    started = time.monotonic()
+    with pytest.raises(StoreUnavailable):
+        ingest(store, IngestConfig())
+    assert time.monotonic() - started < 60
+    proxy.clear()
+    assert store.list("snapshots/") == []
+
 def test_dead_endpoint_is_store_unavailable_within_a_minute(s3_server):
     """Nothing listening at all (every connection refused): the same typed error, in time."""
     import socket
