@@ -16,25 +16,16 @@ def deploy_canary(store_uri: str, model_name: str, dataset: str, trigger: str, m
     import json
     from pathlib import Path
 
-    from components._shared.errors import ConfigError
     from components._shared.runtime import step
-    from components._shared.snapshot import read_manifest
-    from components.deploy_canary.core import DeployConfig, build_card, deploy
+    from components.deploy_canary.core import DeployConfig, card_from_artifacts, deploy, serving_rollout
 
     with step("deploy-canary", store_uri, run_id) as store:
-        rollout = None
-        if deploy_target == "kserve":
-            from components.deploy_canary.kserve import KServeConfig, rollout_in_cluster
-
-            rollout = rollout_in_cluster(store, model_name, KServeConfig(
-                name=model_name, namespace=kserve_namespace, canary_percent=canary_percent,
-                intervals=canary_intervals, interval_seconds=canary_interval_seconds, prometheus_url=prometheus_url))
-        elif deploy_target != "local":
-            raise ConfigError(f"deploy_target {deploy_target!r} unknown", hint="use local or kserve")
-        card = build_card(json.loads((Path(challenger.path) / "meta.json").read_text()),
-                          json.loads(Path(evaluation.path).read_text()), json.loads(Path(validation.path).read_text()),
-                          read_manifest(store, snapshot.metadata["fingerprint"]), run_id=run_id, trigger=trigger,
-                          evidence_uri=evidence_uri)
+        rollout = serving_rollout(deploy_target, store, model_name, namespace=kserve_namespace,
+                                  canary_percent=canary_percent, intervals=canary_intervals,
+                                  interval_seconds=canary_interval_seconds, prometheus_url=prometheus_url)
+        card = card_from_artifacts(store, Path(challenger.path), Path(evaluation.path), Path(validation.path),
+                                   snapshot.metadata["fingerprint"], run_id=run_id, trigger=trigger,
+                                   evidence_uri=evidence_uri)
         record = deploy(store, Path(challenger.path), card,
                         DeployConfig(model=model_name, dataset=dataset, min_agreement=min_agreement), rollout)
     with open(decision.path, "w") as handle:

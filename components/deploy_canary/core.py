@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from components._shared.dataset import decode_images, list_batches
+from components._shared.errors import ConfigError
 from components._shared.registry import CANARY, CHAMPION, Registry, new_version_id, utc_now
 from components._shared.store import Store, read_parquet
 from components.evaluate.core import onnx_probabilities
@@ -120,6 +121,28 @@ def canary_analysis(challenger_onnx: Path, champion_onnx: Path | None, traffic: 
         return {"n": int(len(traffic)), "canary_confidence": float(canary.max(1).mean()), "decision": "promote",
                 "reason": "first model: served traffic without errors"}
     return compare_predictions(canary, onnx_probabilities(champion_onnx, traffic), config)
+
+
+def serving_rollout(target: str, store: Store, model: str, **kserve_settings):
+    """None for the local target (replayed traffic); the KServe rollout for ``kserve``."""
+    if target == "local":
+        return None
+    if target == "kserve":
+        from components.deploy_canary.kserve import KServeConfig, rollout_in_cluster
+
+        return rollout_in_cluster(store, model, KServeConfig(name=model, **kserve_settings))
+    raise ConfigError(f"deploy_target {target!r} unknown", hint="use local or kserve")
+
+
+def card_from_artifacts(store: Store, challenger_dir: Path, evaluation_path: Path, validation_path: Path,
+                        fingerprint: str, **provenance) -> dict:
+    """The model card from the upstream steps' outputs (train meta, evaluation, validation, snapshot)."""
+    import json
+
+    from components._shared.snapshot import read_manifest
+
+    return build_card(json.loads((challenger_dir / META_FILE).read_text()), json.loads(evaluation_path.read_text()),
+                      json.loads(validation_path.read_text()), read_manifest(store, fingerprint), **provenance)
 
 
 def deploy(store: Store, challenger_dir: Path, card: dict, config: DeployConfig, rollout=None) -> dict:
