@@ -35,7 +35,6 @@ from components.ingest.core import IngestConfig, ingest
 from components.train.core import META_FILE, ONNX_FILE, WEIGHTS_FILE, TrainConfig, train
 from components.validate_data import drift
 
-TRIGGERS = ("never", "every", "drift", "always")
 MATERIAL_SHIFT = 0.3  # strength units (0.3 = 9 degrees, noise std 12, 27% of classes 0-4 dropped)
 RECOVERY_TOLERANCE = 0.05  # back within 5 accuracy points of the pre-shift level
 BASELINE_STEPS = 3
