@@ -9,8 +9,8 @@ from pathlib import Path
 import click
 
 from components._shared.errors import CtpError
+from pipelines.options import store_option
 
-STORE_HELP = "Store: a directory or s3://bucket/prefix (MINIO_* env for S3). Default: $CTP_STORE or ./.ctp-store"
 
 
 class CtpGroup(click.Group):
@@ -22,11 +22,6 @@ class CtpGroup(click.Group):
         except CtpError as err:
             click.echo(f"ctp: error: {err.one_line()}", err=True)
             sys.exit(2)
-
-
-def store_option(func):
-    return click.option("--store", "store_uri", envvar="CTP_STORE", default="./.ctp-store", show_default=True,
-                        help=STORE_HELP)(func)
 
 
 @click.group(cls=CtpGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -49,7 +44,7 @@ def data():
 
 
 @data.command("seed")
-@store_option
+@store_option()
 @click.option("--dataset", default="digits", show_default=True)
 @click.option("--batches", default=4, show_default=True, help="Labelled batches (and as many traffic batches).")
 @click.option("--shift", type=click.Choice(["none", "rotation", "noise", "prior"]), default="none", show_default=True,
@@ -77,7 +72,7 @@ def seed_command(store_uri, dataset, batches, shift, shift_from, strength, seed,
 
 # --- run ----------------------------------------------------------------------------------------
 @main.command("run")
-@store_option
+@store_option()
 @click.option("--dataset", default="digits", show_default=True)
 @click.option("--model", "model_name", default="digits", show_default=True)
 @click.option("--nproc-per-node", default=2, show_default=True, help="torchrun processes (gloo on CPU).")

@@ -8,6 +8,7 @@ import json
 import click
 
 from components._shared.errors import CtpError
+from pipelines.options import store_option
 
 CLI_RUN_ID = "ctp-cli"  # the audit log's run_id for moves made by hand
 
@@ -15,8 +16,7 @@ CLI_RUN_ID = "ctp-cli"  # the audit log's run_id for moves made by hand
 def _options(func):
     func = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")(func)
     func = click.option("--model", "model_name", default="digits", show_default=True)(func)
-    return click.option("--store", "store_uri", envvar="CTP_STORE", default="./.ctp-store", show_default=True,
-                        help="A directory or s3://bucket/prefix (MINIO_* env for S3).")(func)
+    return store_option()(func)
 
 
 def _registry(store_uri: str, model_name: str):

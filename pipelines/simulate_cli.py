@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import click
 
+from pipelines.options import store_option
+
 # Literal copies (checked by a test) so `ctp --help` does not import torch through pipelines.simulate.
 SCENARIO_NAMES = ("default", "quick")
 DEFAULT_POLICIES_HELP = "never every4/warm/0 drift/warm/0 always/warm/0 drift/scratch/1"
@@ -11,8 +13,7 @@ QUICK_POLICIES = ("never", "drift/warm/0", "always/warm/0")
 
 
 @click.command("simulate")
-@click.option("--store", "store_uri", envvar="CTP_STORE", default="./.ctp-store", show_default=True,
-              help="Store for the result (runs/simulate-<ts>/) and, with --dataset, the stream to replay.")
+@store_option("Store for the result (runs/simulate-<ts>/) and, with --dataset, the stream to replay.")
 @click.option("--dataset", default="", help="Replay datasets/<name>/ from the store (default: seed --scenario).")
 @click.option("--scenario", type=click.Choice(SCENARIO_NAMES), default="default", show_default=True,
               help="Seeded stream: default = 16 steps, gradual rotation from 4, class-prior shift at 9, noise "

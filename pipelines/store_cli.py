@@ -7,6 +7,8 @@ import json
 
 import click
 
+from pipelines.options import store_option
+
 
 @click.group()
 def store():
@@ -14,8 +16,7 @@ def store():
 
 
 @store.command("janitor")
-@click.option("--store", "store_uri", envvar="CTP_STORE", default="./.ctp-store", show_default=True,
-              help="A directory or s3://bucket/prefix (MINIO_* env for S3).")
+@store_option()
 @click.option("--older-than", default="24h", show_default=True,
               help="Only leftovers older than this (s, m, h, d): writers still at work are younger.")
 @click.option("--dry-run", is_flag=True, help="List what would be removed; remove nothing.")

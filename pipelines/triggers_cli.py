@@ -12,6 +12,7 @@ import click
 
 from components._shared.errors import ConfigError
 from components._shared.store import DEFAULT_STORE
+from pipelines.options import store_option
 from pipelines.triggers import DEFAULT_EXPERIMENT, MonitorConfig
 
 KFP_FIELDS = ("host", "token", "namespace", "pipeline_name", "experiment")
@@ -62,9 +63,8 @@ def data_options(store_default):
                             help="[env CTP_MODEL]")(func)
         func = click.option("--dataset", envvar="CTP_DATASET", default="digits", show_default=True,
                             help="[env CTP_DATASET]")(func)
-        return click.option("--store", "store_uri", envvar="CTP_STORE", default=store_default, show_default=True,
-                            help="Store the runs read and write: s3://bucket/prefix (MINIO_* env) [env CTP_STORE]"
-                            )(func)
+        return store_option("Store the runs read and write: s3://bucket/prefix (MINIO_* env) [env CTP_STORE]",
+                            store_default)(func)
     return decorate
 
 
