@@ -8,6 +8,7 @@ an fcntl.flock on a lock file and must exclude other processes as well as other 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import multiprocessing as mp
 import tempfile
@@ -320,6 +321,34 @@ def _stalling_store(spec: tuple, won: threading.Event, resume: threading.Event) 
     return Stalling(*spec[1:])
 
 
+@contextlib.contextmanager
+def _stalled(spec: tuple, operation):
+    """Run A: ``operation(registry)`` in a thread, over a store that stalls right after A wins
+    `champion`. The with-body (run B) runs while A is stalled; A resumes when the body ends.
+    Yields a dict whose "result" is A's return value once the block is left."""
+    won, resume = threading.Event(), threading.Event()
+    failures: list[str] = []
+    outcome: dict = {}
+
+    def run_a():
+        try:
+            outcome["result"] = operation(Registry(_stalling_store(spec, won, resume), MODEL))
+        except BaseException:
+            failures.append(traceback.format_exc())
+            won.set()
+
+    thread = threading.Thread(target=run_a)
+    thread.start()
+    try:
+        assert won.wait(BARRIER_TIMEOUT)
+        assert not failures, failures[0]
+        yield outcome
+    finally:
+        resume.set()
+        thread.join()
+    assert not failures, failures[0]
+
+
 def test_stalled_winner_does_not_overwrite_newer_previous(store: Store, tmp_path: Path):
     """Run A wins champion (v0 -> A) and stalls; run B then promotes B over A (previous <- A);
     when A resumes it must not set previous back to v0: previous is the champion's predecessor."""
@@ -328,31 +357,11 @@ def test_stalled_winner_does_not_overwrite_newer_previous(store: Store, tmp_path
     first = _seed_champion(store, tmp_path)
     _publish(registry, "run-a", tmp_path)
     _publish(registry, "run-b", tmp_path)
-    a_won, b_done = threading.Event(), threading.Event()
-    failures: list[str] = []
-    outcome: dict[str, bool] = {}
-
-    def run_a():
-        try:
-            stalled = Registry(_stalling_store(spec, a_won, b_done), MODEL)
-            outcome["a"] = stalled.promote("run-a", stalled.alias(CHAMPION), run_id="a", reason="a")
-        except BaseException:
-            failures.append(traceback.format_exc())
-            a_won.set()
-
-    thread = threading.Thread(target=run_a)
-    thread.start()
-    try:
-        assert a_won.wait(BARRIER_TIMEOUT)
-        assert not failures, failures[0]
+    with _stalled(spec, lambda r: r.promote("run-a", r.alias(CHAMPION), run_id="a", reason="a")) as a:
         assert registry.alias(CHAMPION).version == "run-a"
-        outcome["b"] = registry.promote("run-b", registry.alias(CHAMPION), run_id="b", reason="b")
+        b_won = registry.promote("run-b", registry.alias(CHAMPION), run_id="b", reason="b")
         assert registry.aliases() == {CHAMPION: "run-b", PREVIOUS: "run-a"}
-    finally:
-        b_done.set()
-        thread.join()
-    assert not failures, failures[0]
-    assert outcome == {"a": True, "b": True}
+    assert a["result"] is True and b_won is True
     assert registry.aliases() == {CHAMPION: "run-b", PREVIOUS: "run-a"}
     # Rolling back now restores A (the champion B displaced), not the older seed.
     assert registry.rollback(run_id="rb", reason="check") == "run-a"
@@ -369,28 +378,10 @@ def test_stalled_rollback_does_not_overwrite_newer_previous(store: Store, tmp_pa
     _publish(registry, "v1", tmp_path)
     _publish(registry, "v2", tmp_path)
     assert registry.promote("v1", registry.alias(CHAMPION), run_id="p1", reason="p1")  # champion v1, previous v0
-    a_won, b_done = threading.Event(), threading.Event()
-    failures: list[str] = []
-
-    def run_a():
-        try:
-            stalled = Registry(_stalling_store(spec, a_won, b_done), MODEL)
-            assert stalled.rollback(run_id="a", reason="rollback") == "v0-seed"
-        except BaseException:
-            failures.append(traceback.format_exc())
-            a_won.set()
-
-    thread = threading.Thread(target=run_a)
-    thread.start()
-    try:
-        assert a_won.wait(BARRIER_TIMEOUT)
-        assert not failures, failures[0]
+    with _stalled(spec, lambda r: r.rollback(run_id="a", reason="rollback")) as a:
         assert registry.alias(CHAMPION).version == "v0-seed"
         assert registry.promote("v2", registry.alias(CHAMPION), run_id="b", reason="b")
-    finally:
-        b_done.set()
-        thread.join()
-    assert not failures, failures[0]
+    assert a["result"] == "v0-seed"
     assert registry.aliases() == {CHAMPION: "v2", PREVIOUS: "v0-seed"}
 
 
