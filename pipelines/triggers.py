@@ -392,11 +392,9 @@ def drift_report(store: Store, config: MonitorConfig) -> dict | None:
         result = {"decision": "no_traffic", "is_drift": False,
                   "reason": f"no batches under {store.describe(f'traffic/{config.dataset}/')}"}
     else:  # as validate-data decides: KS on the features decides, MMD (seeded) is a second opinion
-        window = drift.features(images)
-        ks = drift.ks_drift(champion.reference, window, config.p_val)
-        mmd = drift.mmd_drift(champion.reference, window, config.p_val)
-        result = {"decision": ks["decision"], "is_drift": ks["is_drift"], "features": ks, "mmd": mmd,
-                  "mmd_agrees": mmd["decision"] == ks["decision"]}
+        feature = drift.feature_drift(champion.reference, drift.features(images), config.p_val)
+        result = {"decision": feature["features"]["decision"], "is_drift": feature["features"]["is_drift"],
+                  **feature}
     window = {"batches": batches, "watermark": batches[-1] if batches else "",
               "rows": 0 if images is None else len(images)}
     return {"model": config.model, "dataset": config.dataset, "reference_version": champion.version,

@@ -126,16 +126,15 @@ def drift_report(store: Store, fingerprint: str, manifest: dict, champion: Champ
         report = {**base, "decision": "no_reference", "is_drift": False, "reason": "no champion yet"}
         return report, drift.plot_png(report, None, window.mean(axis=0) if len(window) else np.zeros(64))
     seen = champion.card.get("data", {}).get("batches", [])
-    ks = drift.ks_drift(champion.reference, window, config.drift_p_val)
-    mmd = drift.mmd_drift(champion.reference, window, config.drift_p_val)
+    feature = drift.feature_drift(champion.reference, window, config.drift_p_val)
+    ks = feature["features"]
     labels = drift.label_drift(_label_counts(manifest, seen), _label_counts(manifest, batches), config.drift_p_val)
     if ks["decision"] == "insufficient_data":
         decision = "insufficient_data"
     else:
         decision = "drift" if ks["is_drift"] or labels["is_drift"] else "no_drift"
     report = {**base, "decision": decision, "is_drift": decision == "drift", "reference_version": champion.version,
-              "n_reference": int(len(champion.reference)), "features": ks, "mmd": mmd, "labels": labels,
-              "mmd_agrees": mmd["decision"] == ks["decision"]}
+              "n_reference": int(len(champion.reference)), **feature, "labels": labels}
     return report, drift.plot_png(report, champion.reference.mean(axis=0), window.mean(axis=0))
 
 

@@ -162,3 +162,11 @@ def plot_png(report: dict, reference_mean: np.ndarray | None, window_mean: np.nd
     fig.savefig(buffer, format="png", dpi=80)
     plt.close(fig)
     return buffer.getvalue()
+
+
+def feature_drift(reference: np.ndarray, window: np.ndarray, p_val: float = 0.05) -> dict:
+    """The feature-drift verdict used everywhere (validate-data, the monitor): KS decides, MMD on
+    a bounded subsample is a second opinion."""
+    ks = ks_drift(reference, window, p_val)
+    mmd = mmd_drift(reference, window, p_val)
+    return {"features": ks, "mmd": mmd, "mmd_agrees": mmd["decision"] == ks["decision"]}
