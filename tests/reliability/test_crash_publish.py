@@ -66,11 +66,15 @@ def test_killed_multipart_upload_leaves_nothing_and_janitor_aborts_it(s3_server,
         big = tmp_path / "model.onnx"
         big.write_bytes(os.urandom(4 * PART_SIZE + 1))
         proxy.add(Rule("latency", times=10_000, delay=0.5, match=lambda r: "partNumber" in r.query))
+        # and hold the completing POST, so a starved test process cannot be overtaken by the upload
+        proxy.add(Rule("latency", times=10_000, delay=30.0, match=lambda r: r.method == "POST" and "uploadId" in r.query))
         key = "models/digits/versions/v9/model.onnx"
-        child = subprocess.Popen([sys.executable, "-c", _UPLOADER, uri, key, str(big)], env=_env(via_proxy), cwd=ROOT)
+        child = subprocess.Popen([sys.executable, "-c", _UPLOADER, uri, key, str(big)], env=_env(via_proxy), cwd=ROOT,
+                                 stderr=subprocess.PIPE)
         deadline = time.monotonic() + 60
         while sum("partNumber" in r.query for r, _ in proxy.log) < 2 and time.monotonic() < deadline:
             time.sleep(0.05)
+        assert child.poll() is None, f"the uploader ended before the kill ({child.returncode}): {child.stderr.read()!r}"
         child.send_signal(signal.SIGKILL)
         assert child.wait(30) == -signal.SIGKILL
     finally:
