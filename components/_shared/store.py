@@ -327,7 +327,13 @@ class LocalStore(Store):
         return self._path(key).is_file()
 
     def etag(self, key: str) -> str:
-        return self.get_with_etag(key)[1]
+        """The sha256 of the content (as get_with_etag gives), hashed as a stream: bounded memory,
+        and hashlib releases the GIL so several objects hash in parallel."""
+        try:
+            with self._path(key).open("rb") as handle:
+                return hashlib.file_digest(handle, "sha256").hexdigest()
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+            raise StoreNotFound(f"{self.describe(key)} does not exist") from None
 
     def delete(self, key: str) -> None:
         try:

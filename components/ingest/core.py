@@ -15,16 +15,19 @@ import datetime as dt
 import hashlib
 import json
 import re
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from components._shared.dataset import (
-    BATCH, ID, IMAGE, LABEL, Finding, check_batch_table, is_test_example, list_batches, pixels_to_array,
-    raise_on_errors, stable_bucket,
+    BATCH, ID, IMAGE, LABEL, Finding, check_batch_table, list_batches, pixels_to_array, raise_on_errors,
+    stable_buckets,
 )
 from components._shared.errors import AlreadyExists, ConfigError, DataValidationError, StoreUnavailable
+from components._shared.readahead import read_ahead
 from components._shared.registry import CHAMPION, Registry
 from components._shared.snapshot import SPLITS, SplitWriter, read_manifest, snapshot_prefix
 from components._shared.store import Store
@@ -32,6 +35,7 @@ from components._shared.store import Store
 CONTRACT_VERSION = 2  # 2: streamed snapshots with label counts, label names and findings
 READ_ROWS = 2048  # rows per record batch: bounds memory whatever the dataset size
 MAX_EXAMPLES = 5
+ETAG_WORKERS = 8  # concurrent ETag lookups while fingerprinting the source
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,7 +83,11 @@ def _source(store: Store, dataset: str) -> dict[str, list[tuple[str, str]]]:
             hint="seed sample data with `ctp data seed` or write datasets/<name>/batch=<id>/*.parquet",
             code="NO_DATA",
         )
-    return {batch: [(key, store.etag(key)) for key in keys] for batch, keys in batches.items()}
+    # One request (S3) or one file hash (local) per object: run them side by side, in order.
+    keys = [key for batch_keys in batches.values() for key in batch_keys]
+    with ThreadPoolExecutor(max_workers=ETAG_WORKERS) as pool:
+        etags = dict(zip(keys, pool.map(store.etag, keys)))
+    return {batch: [(key, etags[key]) for key in batch_keys] for batch, batch_keys in batches.items()}
 
 
 def _fingerprint(source: dict, test_fraction: float, replay_fraction: float, consumed: list[str]) -> str:
@@ -140,12 +148,59 @@ def _merge(findings: list[Finding], new: Finding) -> None:
     findings.append(new)
 
 
+@dataclasses.dataclass
+class _Read:
+    """What the reader found in one object: a record batch of it, or why it cannot be read."""
+
+    batch: str
+    rows: pa.RecordBatch | None = None
+    problem: Finding | None = None
+
+
+def _read_source(filesystem, source: dict[str, list[tuple[str, str]]]) -> Iterator[_Read]:
+    for batch, entries in source.items():
+        for key, _ in entries:
+            yield from _read_object(filesystem, batch, key)
+
+
+def _read_object(filesystem, batch: str, key: str) -> Iterator[_Read]:
+    def problem(code: str, message: str, examples=()) -> _Read:
+        return _Read(batch, problem=Finding(code, "error", batch, message, max(len(examples), 1), list(examples)))
+
+    try:
+        handle = filesystem.open_input_file(key)
+    except (pa.ArrowException, OSError) as err:
+        _raise_if_store_failed(err, key)
+        yield problem("PARQUET_CORRUPT", f"{key} cannot be opened ({err})", [key])
+        return
+    with handle:
+        try:
+            if handle.size() == 0:
+                yield problem("PARQUET_EMPTY_FILE", f"{key} is a zero-byte file", [key])
+                return
+            parquet = pq.ParquetFile(handle)
+        except (pa.ArrowException, OSError) as err:
+            _raise_if_store_failed(err, key)
+            yield problem("PARQUET_CORRUPT", f"{key} is not a readable Parquet file ({err})", [key])
+            return
+        missing = [c for c in (ID, IMAGE, LABEL) if c not in parquet.schema_arrow.names]
+        if missing:
+            yield problem("MISSING_COLUMN", f"missing column(s) {', '.join(missing)}", missing)
+            return
+        try:
+            for record_batch in parquet.iter_batches(batch_size=READ_ROWS):
+                yield _Read(batch, rows=record_batch)
+        except (pa.ArrowException, OSError) as err:
+            _raise_if_store_failed(err, key)
+            yield problem("PARQUET_CORRUPT", f"{key} cannot be read to the end ({err})", [key])
+
+
 class _Scan:
-    """One pass over the source: checks every record batch, streams good rows to the writers."""
+    """One pass over the source: checks every record batch, streams good rows to the writers.
+    Reading runs one record batch ahead on a thread (read_ahead), in order."""
 
     def __init__(self, store: Store, prefix: str, config: IngestConfig, consumed: set[str]):
         self.store, self.prefix, self.config, self.consumed = store, prefix, config, consumed
-        self.filesystem = store.arrow_filesystem()
         self.findings: list[Finding] = []
         self.writers: dict[str, SplitWriter] = {}
         self.labels = LabelMap()
@@ -153,6 +208,7 @@ class _Scan:
         self.label_counts: dict[str, collections.Counter] = {}
         self.image_shape: tuple[int, ...] | None = None
         self.first_batch = ""
+        self.test_cut = int(round(config.test_fraction * 10_000))
         self.replay_cut = int(round(config.replay_fraction * 10_000))
 
     def has_errors(self) -> bool:
@@ -161,36 +217,19 @@ class _Scan:
     def add(self, code: str, batch: str, message: str, count: int = 1, examples=(), severity="error") -> None:
         _merge(self.findings, Finding(code, severity, batch, message, count, list(examples)[:MAX_EXAMPLES]))
 
-    def read_batch(self, batch: str, keys: list[str]) -> None:
-        before = len(self.findings)
-        rows = sum(self.read_object(batch, key) for key in keys)
-        if rows == 0 and len(self.findings) == before:
-            self.add("EMPTY_BATCH", batch, "batch has no rows", 0)
-
-    def read_object(self, batch: str, key: str) -> int:
-        try:
-            handle = self.filesystem.open_input_file(key)
-            if handle.size() == 0:
-                self.add("PARQUET_EMPTY_FILE", batch, f"{key} is a zero-byte file", 1, [key])
-                return 0
-            parquet = pq.ParquetFile(handle)
-        except (pa.ArrowException, OSError) as err:
-            _raise_if_store_failed(err, key)
-            self.add("PARQUET_CORRUPT", batch, f"{key} is not a readable Parquet file ({err})", 1, [key])
-            return 0
-        missing = [c for c in (ID, IMAGE, LABEL) if c not in parquet.schema_arrow.names]
-        if missing:
-            self.add("MISSING_COLUMN", batch, f"missing column(s) {', '.join(missing)}", len(missing), missing)
-            return 0
-        rows = 0
-        try:
-            for record_batch in parquet.iter_batches(batch_size=READ_ROWS):
-                rows += record_batch.num_rows
-                self.check_and_write(batch, record_batch)
-        except (pa.ArrowException, OSError) as err:
-            _raise_if_store_failed(err, key)
-            self.add("PARQUET_CORRUPT", batch, f"{key} cannot be read to the end ({err})", 1, [key])
-        return rows
+    def run(self, source: dict[str, list[tuple[str, str]]]) -> None:
+        rows = collections.Counter()
+        troubled: set[str] = set()
+        for read in read_ahead(_read_source(self.store.arrow_filesystem(), source)):
+            if read.problem:
+                troubled.add(read.batch)
+                _merge(self.findings, read.problem)
+            else:
+                rows[read.batch] += read.rows.num_rows
+                self.check_and_write(read.batch, read.rows)
+        for batch in source:
+            if rows[batch] == 0 and batch not in troubled:
+                self.add("EMPTY_BATCH", batch, "batch has no rows", 0)
 
     def check_and_write(self, batch: str, record_batch: pa.RecordBatch) -> None:
         findings, images = check_batch_table(record_batch, batch)
@@ -213,7 +252,7 @@ class _Scan:
         self.check_duplicates(batch, ids)
         self.label_counts.setdefault(batch, collections.Counter()).update(labels.tolist())
         if not self.has_errors():
-            self.write(batch, ids, images, labels)
+            self.write(batch, record_batch.column(ID), ids, images, labels)
 
     def check_duplicates(self, batch: str, ids: list[str]) -> None:
         repeated = []
@@ -225,13 +264,12 @@ class _Scan:
             self.add("DUPLICATE_ID", batch, f"{len(repeated)} example id(s) appeared before", len(repeated),
                      repeated, severity="warning")
 
-    def write(self, batch: str, ids: list[str], images: np.ndarray, labels: np.ndarray) -> None:
-        is_test = np.fromiter((is_test_example(i, self.config.test_fraction) for i in ids), bool, len(ids))
+    def write(self, batch: str, id_column: pa.Array, ids: list[str], images: np.ndarray, labels: np.ndarray) -> None:
+        is_test = stable_buckets(ids) < self.test_cut
         keep_train = ~is_test
         if batch in self.consumed and self.replay_cut < 10_000:
-            replay = np.fromiter((stable_bucket("replay:" + i) < self.replay_cut for i in ids), bool, len(ids))
-            keep_train &= replay
-        table = self.to_table(ids, images, labels, batch)
+            keep_train &= stable_buckets(ids, salt="replay:") < self.replay_cut
+        table = self.to_table(id_column, images, labels, batch)
         for split, mask in (("train", keep_train), ("test", is_test)):
             self.writer(split, table.schema).write_table(table.filter(pa.array(mask)))
 
@@ -241,11 +279,11 @@ class _Scan:
         return self.writers[split]
 
     @staticmethod
-    def to_table(ids: list[str], images: np.ndarray, labels: np.ndarray, batch: str) -> pa.Table:
+    def to_table(id_column: pa.Array, images: np.ndarray, labels: np.ndarray, batch: str) -> pa.Table:
         image_array, field = pixels_to_array(images)
         schema = pa.schema([pa.field(ID, pa.string()), pa.field(BATCH, pa.string()), field,
                             pa.field(LABEL, pa.int64())])
-        return pa.Table.from_arrays([pa.array(ids, pa.string()), pa.array([batch] * len(ids), pa.string()),
+        return pa.Table.from_arrays([id_column.cast(pa.string()), pa.array([batch] * len(labels), pa.string()),
                                      image_array, pa.array(labels, pa.int64())], schema=schema)
 
     def close(self) -> dict[str, dict]:
@@ -272,8 +310,7 @@ def ingest(store: Store, config: IngestConfig) -> IngestResult:
         return _result(read_manifest(store, fingerprint))
 
     scan = _Scan(store, prefix, config, set(consumed))
-    for batch, entries in source.items():
-        scan.read_batch(batch, [key for key, _ in entries])
+    scan.run(source)
     if scan.has_errors() or not scan.writers:
         scan.abort()
         raise_on_errors(scan.findings, hint="fix or remove the batch, then re-run")

@@ -2,8 +2,9 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from components._shared.dataset import is_test_example
+from components._shared.dataset import is_test_example, stable_bucket, stable_buckets
 from components._shared.errors import DataValidationError, IntegrityError
+from components._shared.readahead import read_ahead
 from components._shared.sampledata import SeedConfig, seed_digits
 from components._shared.snapshot import load_split, read_manifest
 from components._shared.store import LocalStore, parquet_bytes
@@ -153,3 +154,22 @@ def test_snapshot_streamed_in_small_record_batches_is_the_same_data(local_store,
     assert streamed.ids == whole.ids and np.array_equal(streamed.images, whole.images)
     assert np.array_equal(streamed.labels, whole.labels)
     assert sum(sum(c.values()) for c in manifest["label_counts"].values()) == sum(result.rows.values())
+
+
+def test_stable_buckets_match_the_one_id_hash_with_and_without_salt():
+    ids = [f"id-{i}" for i in range(500)] + ["ünïcode", ""]
+    assert stable_buckets(ids).tolist() == [stable_bucket(i) for i in ids]
+    assert stable_buckets(ids, salt="replay:").tolist() == [stable_bucket("replay:" + i) for i in ids]
+
+
+def test_read_ahead_keeps_order_and_raises_at_the_failing_item():
+    def produce():
+        yield from range(5)
+        raise OSError("disk gone")
+
+    seen = []
+    with pytest.raises(OSError, match="disk gone"):
+        for item in read_ahead(produce()):
+            seen.append(item)
+    assert seen == [0, 1, 2, 3, 4]
+    assert list(read_ahead(iter([]))) == []
