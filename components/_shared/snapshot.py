@@ -1,7 +1,9 @@
 """Ingested snapshots: ``snapshots/<fingerprint>/{train,test}.parquet`` + ``manifest.json``.
 
 The manifest is written last and records the sha256 of every object; readers verify it, so a
-flipped byte is an error rather than silently wrong values.
+flipped byte is an error rather than silently wrong values. Large splits are hashed in one
+streaming pass (verify_split), then read a row group at a time (SplitFile): memory does not
+grow with the split. load_split holds a whole split, for small ones (the test split).
 """
 
 from __future__ import annotations
@@ -9,12 +11,13 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import io
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from components._shared.dataset import BATCH, ID, LABEL, decode_images
+from components._shared.dataset import BATCH, ID, IMAGE, LABEL, decode_images
 from components._shared.errors import IntegrityError
 from components._shared.store import Store, sha256_bytes
 
@@ -51,7 +54,10 @@ class SplitWriter:
         self.key, self.rows = key, 0
         self._digest = hashlib.sha256()
         self._stream = store.arrow_filesystem().open_output_stream(key)
-        self._writer = pq.ParquetWriter(pa.PythonFile(self, mode="w"), schema)
+        # Dictionaries and statistics help the small columns; on the pixel column they cost time for nothing.
+        small = [name for name in schema.names if name != IMAGE]
+        self._writer = pq.ParquetWriter(pa.PythonFile(self, mode="w"), schema, use_dictionary=small,
+                                        write_statistics=small)
 
     # the file-object protocol pyarrow's PythonFile calls
     closed = False
@@ -80,22 +86,91 @@ def read_manifest(store: Store, fingerprint: str) -> dict:
     return store.get_json(snapshot_prefix(fingerprint) + "manifest.json")
 
 
-def read_split_table(store: Store, fingerprint: str, split: str, manifest: dict | None = None) -> pa.Table:
+def split_key(fingerprint: str, split: str) -> str:
+    return snapshot_prefix(fingerprint) + f"{split}.parquet"
+
+
+def _check_digest(store: Store, fingerprint: str, split: str, manifest: dict | None, actual: str) -> None:
     manifest = manifest or read_manifest(store, fingerprint)
-    key = snapshot_prefix(fingerprint) + f"{split}.parquet"
-    data = store.get_bytes(key)
-    expected = manifest["objects"][f"{split}.parquet"]["sha256"]
-    if sha256_bytes(data) != expected:
-        raise IntegrityError(f"{store.describe(key)} does not match its manifest checksum",
+    if actual != manifest["objects"][f"{split}.parquet"]["sha256"]:
+        raise IntegrityError(f"{store.describe(split_key(fingerprint, split))} does not match its manifest checksum",
                              hint="the snapshot is corrupt; delete snapshots/<fingerprint>/ and re-run ingest")
-    return pq.read_table(io.BytesIO(data))
 
 
 def load_split(store: Store, fingerprint: str, split: str, manifest: dict | None = None) -> Split:
-    table = read_split_table(store, fingerprint, split, manifest)
+    """The whole split in memory, for small splits (the test split); training streams (SplitFile)."""
+    data = store.get_bytes(split_key(fingerprint, split))
+    _check_digest(store, fingerprint, split, manifest, sha256_bytes(data))
+    return split_from_table(pq.read_table(io.BytesIO(data)))
+
+
+def split_from_table(table: pa.Table) -> Split:
     return Split(
         images=decode_images(table),
         labels=table.column(LABEL).to_numpy().astype(np.int64),
         ids=table.column(ID).to_pylist(),
         batches=table.column(BATCH).to_pylist(),
     )
+
+
+HASH_CHUNK_BYTES = 4 << 20
+
+
+def verify_split(store: Store, fingerprint: str, split: str, manifest: dict | None = None) -> None:
+    """Check the split's sha256 against the manifest in one streaming pass: memory stays at one
+    chunk whatever the object's size. Raises IntegrityError on a mismatch."""
+    digest = hashlib.sha256()
+    with store.arrow_filesystem().open_input_stream(split_key(fingerprint, split)) as stream:
+        while chunk := stream.read(HASH_CHUNK_BYTES):
+            digest.update(chunk)
+    _check_digest(store, fingerprint, split, manifest, digest.hexdigest())
+
+
+RowFilter = Callable[[pa.Table], np.ndarray]  # a table -> a bool mask of the rows to keep
+
+
+class SplitFile:
+    """One split read a row group at a time (Parquet range reads, no download of the whole object).
+
+    Row counts come from the footer. It does not verify the checksum: call verify_split once
+    first (every reader of a split would otherwise hash the whole object again)."""
+
+    def __init__(self, store: Store, fingerprint: str, split: str):
+        self._handle = store.arrow_filesystem().open_input_file(split_key(fingerprint, split))
+        self._file = pq.ParquetFile(self._handle)
+        self.schema = self._file.schema_arrow
+        metadata = self._file.metadata
+        self.group_rows = [metadata.row_group(g).num_rows for g in range(metadata.num_row_groups)]
+
+    def __enter__(self) -> "SplitFile":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._file.close()
+        self._handle.close()
+
+    def read_group(self, group: int, columns: Sequence[str] | None = None) -> pa.Table:
+        return self._file.read_row_group(group, columns=list(columns) if columns is not None else None)
+
+    def count(self, keep: RowFilter, columns: Sequence[str]) -> list[int]:
+        """Rows per row group that ``keep`` keeps, reading only ``columns`` (e.g. the ids)."""
+        return [int(np.count_nonzero(keep(self.read_group(g, columns)))) for g in range(len(self.group_rows))]
+
+    def sample(self, size: int, seed: int, *, keep: RowFilter | None = None, keep_columns: Sequence[str] = (),
+               counts: Sequence[int] | None = None) -> Iterator[pa.Table]:
+        """A seeded uniform sample of up to ``size`` of the rows ``keep`` keeps (all rows if None), in
+        file order: one table per row group that holds a picked row, and only those groups are read.
+        ``keep`` reads ``keep_columns``; ``counts`` are its kept rows per group, if already known."""
+        if counts is None:
+            counts = self.group_rows if keep is None else self.count(keep, keep_columns)
+        starts = np.cumsum([0, *counts])
+        picks = np.sort(np.random.default_rng(seed).choice(starts[-1], size=min(size, starts[-1]), replace=False))
+        bounds = np.searchsorted(picks, starts)
+        for group in range(len(counts)):
+            local = picks[bounds[group]:bounds[group + 1]] - starts[group]
+            if local.size:
+                table = self.read_group(group)
+                yield (table if keep is None else table.filter(pa.array(keep(table)))).take(pa.array(local))

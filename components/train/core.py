@@ -1,7 +1,8 @@
 """Train: the model, the (optionally distributed) training loop, warm start, and export.
 
 The loop runs the same in one process and under torchrun: ``train(config)`` reads the rank
-from the environment; only global rank 0 writes outputs and checkpoints. Every
+from the environment; only global rank 0 writes outputs and checkpoints. The data streams from
+the snapshot (stream.py), so memory does not grow with the dataset. Every
 ``checkpoint_every`` steps the full state goes to ``checkpoints/<run-id>/step-<n>/``
 (checkpoint.py); a (re)started run resumes from the newest complete one and continues exactly
 as if never stopped (same batches, same RNG). Continual learning: ``init`` scratch / warm / auto
@@ -24,11 +25,11 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 
-from components._shared.dataset import stable_bucket
-from components._shared.errors import ConfigError
-from components._shared.snapshot import Split, load_split, read_manifest
+from components._shared.errors import ConfigError, IntegrityError
+from components._shared.snapshot import Split, read_manifest, split_key, verify_split
 from components._shared.store import open_store
 from components.train import checkpoint
+from components.train.stream import SHUFFLE_ROWS, TrainStream, validation_mask
 
 WEIGHTS_FILE, ONNX_FILE, META_FILE = "model.safetensors", "model.onnx", "meta.json"
 INIT_POLICIES = ("auto", "warm", "scratch")
@@ -56,6 +57,8 @@ class TrainConfig:
     run_id: str = ""  # names checkpoints/<run-id>/; a restarted worker resumes from there
     checkpoint_every: int = 0  # optimizer steps between checkpoints; 0 = none
     keep_checkpoints: int = 2  # newest complete checkpoints kept; 0 = all
+    loader_workers: int = 0  # DataLoader worker processes reading the snapshot per rank; 0 = in the loop
+    shuffle_rows: int = SHUFFLE_ROWS  # rows shuffled together; memory ~ (this + one row group) x image bytes
     output_prefix: str = ""  # also upload the outputs to the store here (multi-node pods)
 
     def __post_init__(self):
@@ -63,8 +66,10 @@ class TrainConfig:
             raise ConfigError(f"init policy {self.init!r} unknown", hint=f"use one of {', '.join(INIT_POLICIES)}")
         if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:
             raise ConfigError("epochs and batch_size must be >= 1 and lr > 0")
-        if self.checkpoint_every < 0 or self.keep_checkpoints < 0 or self.patience < 0:
-            raise ConfigError("checkpoint_every, keep_checkpoints and patience must be >= 0")
+        if self.checkpoint_every < 0 or self.keep_checkpoints < 0 or self.patience < 0 or self.loader_workers < 0:
+            raise ConfigError("checkpoint_every, keep_checkpoints, patience and loader_workers must be >= 0")
+        if self.shuffle_rows < 1:
+            raise ConfigError(f"shuffle_rows {self.shuffle_rows} must be >= 1")
         if self.checkpoint_every and not self.run_id:
             raise ConfigError("checkpoint_every needs a run_id to name checkpoints/<run-id>/")
         if self.patience and not 0.0 < self.val_fraction < 1.0:
@@ -191,9 +196,8 @@ def _grow_head(state: dict, own: dict) -> int:
 
 
 def carve_validation(split: Split, fraction: float) -> tuple[Split, Split]:
-    """(train, validation) by a stable hash of the id, salted so it is independent of the test split."""
-    cut = int(round(fraction * 10_000))
-    is_val = np.array([stable_bucket("validation:" + i) < cut for i in split.ids], dtype=bool)
+    """(train, validation) of an in-memory split, by the rule the training stream applies."""
+    is_val = validation_mask(split.ids, fraction)
     return split.where(~is_val), split.where(is_val)
 
 
@@ -241,9 +245,12 @@ def train(config: TrainConfig) -> dict | None:
     torch.manual_seed(config.seed)
     store = open_store(config.store_uri)
     manifest = read_manifest(store, config.fingerprint)
-    split = load_split(store, config.fingerprint, "train", manifest)
-    train_split, val_split = carve_validation(split, config.val_fraction) if config.patience else (split, None)
-    image_shape = list(split.images.shape[1:])
+    _verify_train_split(store, config.fingerprint, manifest, info)
+    stream = TrainStream(store, config.fingerprint, batch_size=max(1, config.batch_size // info.world_size),
+                         world_size=info.world_size, rank=info.rank, seed=config.seed,
+                         val_fraction=config.val_fraction if config.patience else 0.0, shuffle_rows=config.shuffle_rows)
+    val_split = stream.validation
+    image_shape = list(manifest["image_shape"])
     arch = architecture_for(image_shape)
     with tempfile.TemporaryDirectory() as tmp:
         weights, meta_path = _champion_files(store, config, Path(tmp))
@@ -254,7 +261,7 @@ def train(config: TrainConfig) -> dict | None:
     model.to(device)
     if val_split is not None:
         init["val_accuracy_before"] = _accuracy(model, val_split, device, info)
-    loop = _Loop(model, train_split, val_split, config, info, device, store)
+    loop = _Loop(model, stream, config, info, device, store)
     progress = loop.run(FaultPlan.from_env(os.environ))
     if info.world_size > 1:
         dist.barrier()
@@ -264,14 +271,35 @@ def train(config: TrainConfig) -> dict | None:
     meta = {"arch": arch, "image_shape": image_shape, "num_classes": max(classes) + 1, "classes": classes,
             "init": init, "history": progress.history, "world_size": info.world_size, "backend": info.backend,
             "amp": device.type == "cuda", "epochs": config.epochs, "batch_size": config.batch_size, "lr": config.lr,
-            "seed": config.seed, "fingerprint": config.fingerprint, "train_rows": len(train_split),
+            "seed": config.seed, "fingerprint": config.fingerprint, "train_rows": stream.rows,
             "train_seconds": progress.train_seconds, "steps": progress.step,
             "early_stopping": loop.early_stopping_summary(progress),
             "checkpoints": loop.checkpoint_summary()}
-    write_outputs(model.cpu().eval(), train_split, meta, Path(config.out_dir))
+    write_outputs(model.cpu().eval(), stream.sample_images(REFERENCE_ROWS, config.seed), meta, Path(config.out_dir))
     if config.output_prefix:
         upload_outputs(store, Path(config.out_dir), config.output_prefix)
     return meta
+
+
+def _verify_train_split(store, fingerprint: str, manifest: dict, info: DistInfo) -> None:
+    """Rank 0 hashes the split (one streaming pass, not one per rank) and every rank learns the
+    verdict, so all of them stop together before training on corrupt data."""
+    failure = None
+    if info.rank == 0:
+        try:
+            verify_split(store, fingerprint, "train", manifest)
+        except IntegrityError as err:
+            failure = err
+    if info.world_size > 1:
+        device = torch.device(f"cuda:{info.local_rank}" if info.backend == "nccl" else "cpu")  # nccl: CUDA only
+        corrupt = torch.tensor([failure is not None], dtype=torch.uint8, device=device)
+        dist.broadcast(corrupt, src=0)
+        if corrupt.item() and failure is None:
+            failure = IntegrityError(f"{store.describe(split_key(fingerprint, 'train'))} does not match its "
+                                     "manifest checksum (found by rank 0)",
+                                     hint="the snapshot is corrupt; delete snapshots/<fingerprint>/ and re-run ingest")
+    if failure is not None:
+        raise failure
 
 
 def _champion_files(store, config: TrainConfig, tmp: Path) -> tuple[str, str]:
@@ -312,21 +340,15 @@ def _accuracy(model: nn.Module, split: Split, device, info: DistInfo) -> float:
 class _Loop:
     """The training loop with checkpoints, resume and early stopping. AMP on CUDA only."""
 
-    def __init__(self, model: nn.Module, data: Split, val: Split | None, config: TrainConfig, info: DistInfo,
-                 device, store):
-        from torch.utils.data import DistributedSampler, TensorDataset
-
-        self.model, self.val, self.config, self.info, self.device, self.store = model, val, config, info, device, store
+    def __init__(self, model: nn.Module, stream: TrainStream, config: TrainConfig, info: DistInfo, device, store):
+        self.model, self.stream, self.val = model, stream, stream.validation
+        self.config, self.info, self.device, self.store = config, info, device, store
         self.net = nn.parallel.DistributedDataParallel(model) if info.world_size > 1 else model
         self.optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
         self.amp = device.type == "cuda"
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
         self.loss_fn = nn.CrossEntropyLoss()
-        self.dataset = TensorDataset(to_tensor(data.images), torch.from_numpy(data.labels))
-        self.sampler = DistributedSampler(self.dataset, num_replicas=info.world_size, rank=info.rank, shuffle=True,
-                                          seed=config.seed)
-        self.per_rank = max(1, config.batch_size // info.world_size)
-        self.steps_per_epoch = -(-len(self.sampler) // self.per_rank)
+        self.steps_per_epoch = stream.batches_per_epoch
         self.best_state: dict[str, torch.Tensor] = {}
         self.resumed_from: int | None = None
 
@@ -350,16 +372,17 @@ class _Loop:
         return progress
 
     def _batches(self, epoch: int, skip_steps: int):
-        """This rank's batches of ``epoch`` in the seeded order, after the first ``skip_steps``."""
+        """This rank's batches of ``epoch`` in the seeded order, after the first ``skip_steps``
+        (skipped inside the stream: a resumed epoch does not read what it already trained on)."""
         from torch.utils.data import DataLoader
 
-        self.sampler.set_epoch(epoch)
-        indices = list(self.sampler)[skip_steps * self.per_rank:]
-        return DataLoader(self.dataset, batch_size=self.per_rank, sampler=indices)
+        self.stream.set_epoch(epoch, skip_steps)
+        return DataLoader(self.stream, batch_size=None, num_workers=self.config.loader_workers,
+                          pin_memory=self.device.type == "cuda")
 
     def _step(self, x, y, progress: Progress) -> None:
         started = time.perf_counter()
-        x, y = x.to(self.device), y.to(self.device)
+        x, y = to_tensor(x.numpy()).to(self.device), y.to(self.device)
         self.optimizer.zero_grad(set_to_none=True)
         with torch.autocast(device_type=self.device.type, enabled=self.amp):
             loss = self.loss_fn(self.net(x), y)
@@ -413,7 +436,7 @@ class _Loop:
         """What must match for a checkpoint to be resumed by this run."""
         c = self.config
         return {"fingerprint": c.fingerprint, "batch_size": c.batch_size, "lr": c.lr, "seed": c.seed, "init": c.init,
-                "world_size": self.info.world_size}
+                "world_size": self.info.world_size, "loader_workers": c.loader_workers, "shuffle_rows": c.shuffle_rows}
 
     def _resume(self) -> Progress | None:
         if not self.config.checkpoint_every:
@@ -456,7 +479,8 @@ def upload_outputs(store, out_dir: Path, prefix: str) -> None:
         store.put_file(prefix + name, out_dir / name)
 
 
-def write_outputs(model: nn.Module, split: Split, meta: dict, out_dir: Path) -> None:
+def write_outputs(model: nn.Module, reference_images: np.ndarray, meta: dict, out_dir: Path) -> None:
+    """Weights, ONNX, meta, and reference.npy: drift features of a sample of the training images."""
     from safetensors.torch import save_file
 
     from components.validate_data.drift import features
@@ -464,9 +488,7 @@ def write_outputs(model: nn.Module, split: Split, meta: dict, out_dir: Path) -> 
     out_dir.mkdir(parents=True, exist_ok=True)
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(out_dir / WEIGHTS_FILE))
     export_onnx(model, meta["image_shape"], out_dir / ONNX_FILE)
-    rng = np.random.default_rng(meta["seed"])
-    sample = rng.choice(len(split), size=min(REFERENCE_ROWS, len(split)), replace=False)
-    np.save(out_dir / "reference.npy", features(split.images[np.sort(sample)]), allow_pickle=False)
+    np.save(out_dir / "reference.npy", features(reference_images), allow_pickle=False)
     (out_dir / META_FILE).write_text(json.dumps(meta, indent=2))
 
 

@@ -16,11 +16,13 @@ import pyarrow.compute as pc
 
 from components._shared.dataset import BATCH, Finding, decode_images, raise_on_errors as raise_findings
 from components._shared.registry import CHAMPION, Registry
-from components._shared.snapshot import read_manifest, read_split_table
+from components._shared.snapshot import SplitFile, read_manifest, verify_split
 from components._shared.store import Store
 from components.validate_data import drift
 
 REFERENCE_FILE = "reference.npy"
+WINDOW_ROWS = 10_000  # drift is tested on a seeded uniform sample of at most this many window rows
+WINDOW_SEED = 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -111,9 +113,18 @@ def _label_counts(manifest: dict, batches: list[str]) -> dict[int, int]:
 
 
 def _window_features(store: Store, fingerprint: str, manifest: dict, batches: list[str]) -> np.ndarray:
-    table = read_split_table(store, fingerprint, "train", manifest)
-    table = table.filter(pc.is_in(table.column(BATCH), value_set=pa.array(batches, pa.string())))
-    return drift.features(decode_images(table))
+    """Drift features of a sample of the window's training rows (all of them up to WINDOW_ROWS),
+    read a row group at a time: memory stays bounded whatever the snapshot's size."""
+    verify_split(store, fingerprint, "train", manifest)
+    window = pa.array(batches, pa.string())
+
+    def in_window(table: pa.Table) -> np.ndarray:
+        return pc.is_in(table.column(BATCH), value_set=window).to_numpy()
+
+    with SplitFile(store, fingerprint, "train") as split:
+        sample = split.sample(WINDOW_ROWS, WINDOW_SEED, keep=in_window, keep_columns=[BATCH])
+        pieces = [drift.features(decode_images(table)) for table in sample]
+    return np.concatenate(pieces) if pieces else np.zeros((0, drift.FEATURE_SIDE ** 2), np.float32)
 
 
 def drift_report(store: Store, fingerprint: str, manifest: dict, champion: Champion | None,

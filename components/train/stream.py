@@ -1,0 +1,173 @@
+"""The training split as a stream: memory is bounded by the shuffle window, not by the dataset.
+
+Each epoch puts the row groups in a seeded order (the same on every rank) and, conceptually
+concatenated, they form one sequence of training rows. Rank r takes the contiguous rows
+[r*q, (r+1)*q) with q = rows // world_size: every rank runs the same number of steps (DDP hangs
+on unequal counts), at most world_size-1 rows sit out an epoch, and a rank reads only the row
+groups its range overlaps. The rank's batches are cut into contiguous shares, one per DataLoader
+worker, so no row is read twice. A share is shuffled one window of ``shuffle_rows`` at a time
+(a block shuffle, seeded by seed, epoch, rank, worker and window): memory holds one window plus
+the row group being read, and a resumed epoch skips whole windows without reading them. A window
+mixes only the row groups it spans (ingest writes up to 2048 rows of one source batch per group);
+each optimizer step averages world_size x workers windows. Keep ``shuffle_rows`` at several row
+groups; on the bundled sample it covers a rank's whole epoch, so the shuffle is global there.
+
+The DataLoader takes one batch from each of its W workers in turn, so loader batch k is batch
+k // W of share k % W (shares differ by at most one batch, the larger ones first). That is how
+``set_epoch(epoch, skip_batches)`` tells each share which of its batches were already done; the
+loader's workers then take the shares rotated by skip_batches, so the next batch comes first.
+
+Validation (early stopping): rows whose id falls in the validation carve never enter the
+stream. A seeded uniform sample of at most VALIDATION_ROWS of them is held in memory once.
+"""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+import numpy as np
+import pyarrow as pa
+import torch
+from torch.utils.data import IterableDataset, get_worker_info
+
+from components._shared.dataset import ID, IMAGE, LABEL, decode_images, stable_buckets
+from components._shared.errors import DataValidationError
+from components._shared.snapshot import Split, SplitFile, split_from_table
+from components._shared.store import Store
+
+SHUFFLE_ROWS = 4096  # rows per shuffle window; memory ~ (window + one row group) x bytes per image
+VALIDATION_ROWS = 10_000  # at most this many carved rows are kept for validation (a uniform sample)
+VALIDATION_SEED = 0  # the validation sample does not change with the training seed
+
+
+def validation_mask(ids: list[str], fraction: float) -> np.ndarray:
+    """True where an id is in the validation carve: a stable hash of the id, salted so it is
+    independent of the test split, so an example never moves between training and validation."""
+    return stable_buckets(ids, salt="validation:") < int(round(fraction * 10_000))
+
+
+def worker_share(batches: int, worker: int, workers: int) -> range:
+    """The batches of the rank's epoch that ``worker`` produces: contiguous, larger shares first."""
+    base, extra = divmod(batches, workers)
+    first = worker * base + min(worker, extra)
+    return range(first, first + base + (worker < extra))
+
+
+def skipped_in_share(skip_batches: int, worker: int, workers: int) -> int:
+    """How many of the first ``skip_batches`` loader batches came from ``worker`` (round robin)."""
+    return max(0, -(-(skip_batches - worker) // workers))
+
+
+class TrainStream(IterableDataset):
+    """This rank's training batches as (images uint8 (N, H, W, C), labels int64) tensors.
+
+    Reads the split's footer (and, with a validation carve, its id column) when built; the
+    caller verifies the split's checksum first (snapshot.verify_split)."""
+
+    def __init__(self, store: Store, fingerprint: str, *, batch_size: int, world_size: int = 1, rank: int = 0,
+                 seed: int = 0, val_fraction: float = 0.0, shuffle_rows: int = SHUFFLE_ROWS):
+        self.store, self.fingerprint, self.seed = store, fingerprint, seed
+        self.batch_size, self.world_size, self.rank, self.val_fraction = batch_size, world_size, rank, val_fraction
+        self.window_rows = max(1, shuffle_rows // batch_size) * batch_size  # whole batches: none spans two
+        with SplitFile(store, fingerprint, "train") as split:
+            self.validation: Split | None = None
+            self.group_rows = list(split.group_rows)
+            if val_fraction:
+                carved = split.count(self._in_validation, [ID])
+                sample = split.sample(VALIDATION_ROWS, VALIDATION_SEED, keep=self._in_validation, counts=carved)
+                self.validation = split_from_table(pa.concat_tables([split.schema.empty_table(), *sample]))
+                self.group_rows = [rows - c for rows, c in zip(self.group_rows, carved, strict=True)]
+        self.rows = sum(self.group_rows)
+        self.rank_rows = self.rows // world_size
+        if self.rank_rows == 0:
+            raise DataValidationError(f"{self.rows} training row(s) cannot give each of {world_size} ranks a row",
+                                      hint="add data or train on fewer ranks")
+        self.epoch, self.skip_batches = 0, 0
+
+    @property
+    def batches_per_epoch(self) -> int:
+        return -(-self.rank_rows // self.batch_size)
+
+    def set_epoch(self, epoch: int, skip_batches: int = 0) -> None:
+        """The next iteration yields ``epoch``'s batches after its first ``skip_batches`` (resume)."""
+        self.epoch, self.skip_batches = epoch, skip_batches
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        worker = get_worker_info()
+        if worker is None:
+            return self.worker_batches(0, 1)
+        # the DataLoader asks its worker 0 first: after a resume, that is the share the next batch is in
+        return self.worker_batches((worker.id + self.skip_batches) % worker.num_workers, worker.num_workers)
+
+    def worker_batches(self, worker: int, workers: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """One DataLoader worker's batches of the current epoch, in order (rows are rank-relative)."""
+        share = worker_share(self.batches_per_epoch, worker, workers)
+        low, high = share.start * self.batch_size, min(share.stop * self.batch_size, self.rank_rows)
+        resume_at = low + skipped_in_share(self.skip_batches, worker, workers) * self.batch_size
+        with SplitFile(self.store, self.fingerprint, "train") as split:
+            rows = _EpochRows(split, self._group_order(), self.group_rows,
+                              self._is_training if self.val_fraction else None)
+            offset = self.rank * self.rank_rows
+            for start in range(low, high, self.window_rows):
+                stop = min(start + self.window_rows, high)
+                if stop > resume_at:  # windows done before a restart are not even read
+                    rng = np.random.default_rng([self.seed, self.epoch, self.rank, worker, workers, start])
+                    yield from self._shuffled(rows.read(offset + start, offset + stop), rng, max(resume_at - start, 0))
+
+    def _shuffled(self, window: tuple[np.ndarray, np.ndarray], rng: np.random.Generator,
+                  skip_rows: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """A window's rows in batches, in a seeded order, after the first ``skip_rows``. The window
+        is released when this returns, before the next one is read."""
+        images, labels = window
+        order = rng.permutation(len(labels))
+        for first in range(skip_rows, len(order), self.batch_size):
+            take = order[first:first + self.batch_size]
+            yield torch.from_numpy(images[take]), torch.from_numpy(labels[take])
+
+    def sample_images(self, size: int, seed: int) -> np.ndarray:
+        """A seeded uniform sample of up to ``size`` training rows' images (validation rows
+        excluded), in file order; only the row groups that hold a picked row are read."""
+        with SplitFile(self.store, self.fingerprint, "train") as split:
+            keep = self._is_training if self.val_fraction else None
+            sample = split.sample(size, seed, keep=keep, counts=self.group_rows)
+            return decode_images(pa.concat_tables([split.schema.empty_table(), *sample]))
+
+    def _group_order(self) -> np.ndarray:
+        return np.random.default_rng([self.seed, self.epoch]).permutation(len(self.group_rows))
+
+    def _in_validation(self, table: pa.Table) -> np.ndarray:
+        return validation_mask(table.column(ID).to_pylist(), self.val_fraction)
+
+    def _is_training(self, table: pa.Table) -> np.ndarray:
+        return ~self._in_validation(table)
+
+
+class _EpochRows:
+    """An epoch's training rows as one sequence: the row groups in the epoch's order, concatenated.
+    Holds the last row group read, since consecutive windows usually share one."""
+
+    def __init__(self, split: SplitFile, order: np.ndarray, group_rows: list[int], keep):
+        self.split, self.order, self.keep = split, order, keep
+        self.starts = np.cumsum([0, *np.asarray(group_rows, dtype=np.int64)[order]])
+        self.cached: tuple[int, np.ndarray, np.ndarray] | None = None
+
+    def read(self, low: int, high: int) -> tuple[np.ndarray, np.ndarray]:
+        """Rows [low, high) of the sequence, copied out of the row groups they lie in."""
+        position = int(np.searchsorted(self.starts, low, side="right")) - 1
+        images, labels = [], []
+        while position < len(self.order) and self.starts[position] < high:
+            group_images, group_labels = self._group(int(self.order[position]))
+            first, last = max(low - self.starts[position], 0), min(high - self.starts[position], len(group_labels))
+            images.append(group_images[first:last])
+            labels.append(group_labels[first:last])
+            position += 1
+        return np.concatenate(images), np.concatenate(labels)
+
+    def _group(self, group: int) -> tuple[np.ndarray, np.ndarray]:
+        if self.cached is None or self.cached[0] != group:
+            self.cached = None  # let the previous group go before reading the next
+            table = self.split.read_group(group, [ID, IMAGE, LABEL] if self.keep else [IMAGE, LABEL])
+            if self.keep:
+                table = table.filter(pa.array(self.keep(table)))
+            self.cached = (group, decode_images(table), table.column(LABEL).to_numpy().astype(np.int64))
+        return self.cached[1], self.cached[2]
