@@ -331,7 +331,7 @@ def _accuracy(model: nn.Module, split: Split, device, info: DistInfo) -> float:
         y = torch.from_numpy(split.labels[start:start + 1024]).to(device)
         correct += int((model(x).argmax(1) == y).sum())
     model.train()
-    value = torch.tensor([correct / max(len(split), 1)], dtype=torch.float64)
+    value = torch.tensor([correct / max(len(split), 1)], dtype=torch.float64, device=device)  # nccl: CUDA tensors
     if info.world_size > 1:
         dist.broadcast(value, src=0)
     return float(value.item())

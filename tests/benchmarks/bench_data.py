@@ -1,17 +1,22 @@
 """Data benchmarks, measured side by side in one run:
 
-- ingest throughput through the project vs raw pyarrow reads of the same objects (goal >= 80%);
+- ingest throughput through the project vs raw pyarrow reads of the same objects (goal >= 80%),
+  on a local directory and on S3 (MinIO when MINIO_ENDPOINT is set, else moto's S3 server);
 - peak memory (ru_maxrss of a fresh process) of ingest at 1x and 10x the data (goal: within 1.2x);
 - KS drift on 2000 x 64 (goal <= 0.1 s) and the MMD/KS cost ratio (goal <= 25x).
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
+import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -23,11 +28,10 @@ ROWS_PER_BATCH = 2000
 BATCHES_1X = 4
 
 
-def write_dataset(root: Path, batches: int) -> None:
+def write_dataset(store, batches: int) -> None:
     from components._shared.dataset import ID, LABEL, images_to_array
-    from components._shared.store import LocalStore, parquet_bytes
+    from components._shared.store import parquet_bytes
 
-    store = LocalStore(root)
     rng = np.random.default_rng(0)
     for batch in range(batches):
         images = rng.integers(0, 255, (ROWS_PER_BATCH, *SHAPE), dtype=np.uint8)
@@ -44,13 +48,11 @@ def _fresh(store) -> None:
         store.delete(key)
 
 
-def throughput(root: Path, repeats: int = 3) -> tuple[float, float]:
+def throughput(store, repeats: int = 3) -> tuple[float, float]:
     """Rows per second: the project's ingest, and pyarrow reading the same objects."""
     from components._shared.dataset import list_batches
-    from components._shared.store import LocalStore
     from components.ingest.core import IngestConfig, ingest
 
-    store = LocalStore(root)
     keys = [k for ks in list_batches(store, "bench").values() for k in ks]
     filesystem = store.arrow_filesystem()
     rows = BATCHES_1X * ROWS_PER_BATCH
@@ -66,6 +68,38 @@ def throughput(root: Path, repeats: int = 3) -> tuple[float, float]:
         ingest(store, IngestConfig(dataset="bench"))
         project.append(time.perf_counter() - started)
     return rows / min(project), rows / min(raw)
+
+
+@contextlib.contextmanager
+def s3_store():
+    """MinIO when MINIO_ENDPOINT is set, else moto's S3 server in a process of its own (in this
+    process it would compete for the GIL with what is measured)."""
+    from components._shared.store import S3Settings, S3Store
+
+    if os.environ.get("MINIO_ENDPOINT"):
+        yield S3Store("ctp-bench", f"bench-{uuid.uuid4().hex[:8]}", S3Settings.from_env(os.environ)), "MinIO"
+        return
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = subprocess.Popen([str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        _wait_for_port(port)
+        settings = S3Settings(endpoint=f"127.0.0.1:{port}", access_key="bench", secret_key="bench-secret", secure=False)
+        yield S3Store("ctp-bench", "bench", settings), "moto S3 server (own process)"
+    finally:
+        server.terminate()
+        server.wait()
+
+
+def _wait_for_port(port: int, seconds: float = 30.0) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            return
+        time.sleep(0.1)
+    raise RuntimeError(f"the S3 server did not listen on port {port} within {seconds:.0f} s")
 
 
 def peak_rss_mb(root: Path) -> float:
@@ -99,17 +133,24 @@ def drift_costs() -> tuple[float, float]:
 
 
 def run() -> dict:
+    from components._shared.store import LocalStore
+
     with tempfile.TemporaryDirectory() as tmp:
         one, ten = Path(tmp) / "x1", Path(tmp) / "x10"
-        write_dataset(one, BATCHES_1X)
-        write_dataset(ten, BATCHES_1X * 10)
-        project_rps, raw_rps = throughput(one)
+        write_dataset(LocalStore(one), BATCHES_1X)
+        write_dataset(LocalStore(ten), BATCHES_1X * 10)
+        project_rps, raw_rps = throughput(LocalStore(one))
         rss_one, rss_ten = peak_rss_mb(one), peak_rss_mb(ten)
+    with s3_store() as (store, s3_name):
+        write_dataset(store, BATCHES_1X)
+        s3_project_rps, s3_raw_rps = throughput(store)
     ks_s, mmd_s = drift_costs()
     mb_1x = BATCHES_1X * ROWS_PER_BATCH * int(np.prod(SHAPE)) / 1e6
     rows = [
-        ("ingest throughput (rows/s)", f"{project_rps:,.0f}", f"raw pyarrow {raw_rps:,.0f}",
+        ("ingest throughput, local dir (rows/s)", f"{project_rps:,.0f}", f"raw pyarrow {raw_rps:,.0f}",
          f"{project_rps / raw_rps:.0%}", ">= 80%"),
+        (f"ingest throughput, {s3_name} (rows/s)", f"{s3_project_rps:,.0f}", f"raw pyarrow {s3_raw_rps:,.0f}",
+         f"{s3_project_rps / s3_raw_rps:.0%}", ">= 80%"),
         (f"ingest peak RSS 1x ({mb_1x:.0f} MB) / 10x", f"{rss_one:.0f} MB", f"{rss_ten:.0f} MB",
          f"{rss_ten / rss_one:.2f}x", "<= 1.2x"),
         ("KS drift 2000x64 (s)", f"{ks_s:.3f}", "-", "-", "<= 0.1 s"),
@@ -120,7 +161,7 @@ def run() -> dict:
     widths = [max(len(str(r[i])) for r in (header, *rows)) for i in range(5)]
     for row in (header, *rows):
         print("  ".join(str(cell).ljust(width) for cell, width in zip(row, widths)))
-    return {"throughput_ratio": project_rps / raw_rps, "rss_ratio": rss_ten / rss_one, "ks_s": ks_s,
+    return {"throughput_ratio": project_rps / raw_rps, "s3_throughput_ratio": s3_project_rps / s3_raw_rps, "rss_ratio": rss_ten / rss_one, "ks_s": ks_s,
             "mmd_ks_ratio": mmd_s / ks_s}
 
 
