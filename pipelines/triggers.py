@@ -391,10 +391,12 @@ def drift_report(store: Store, config: MonitorConfig) -> dict | None:
     if images is None:
         result = {"decision": "no_traffic", "is_drift": False,
                   "reason": f"no batches under {store.describe(f'traffic/{config.dataset}/')}"}
-    else:  # as validate-data decides: KS on the features decides, MMD (seeded) is a second opinion
-        feature = drift.feature_drift(champion.reference, drift.features(images), config.p_val)
+    else:  # as validate-data decides: KS on the champion's features decides, MMD (seeded) is a second opinion
+        representation = champion.representation
+        window = champion.features(images)[representation]
+        feature = drift.feature_drift(champion.reference_for(representation), window, config.p_val)
         result = {"decision": feature["features"]["decision"], "is_drift": feature["features"]["is_drift"],
-                  **feature}
+                  "representation": representation, **feature}
     window = {"batches": batches, "watermark": batches[-1] if batches else "",
               "rows": 0 if images is None else len(images)}
     return {"model": config.model, "dataset": config.dataset, "reference_version": champion.version,

@@ -17,10 +17,11 @@ from components._shared.registry import CANARY, CHAMPION, Registry, new_version_
 from components._shared.store import Store, read_parquet
 from components.evaluate.core import onnx_probabilities
 from components.train.core import META_FILE, ONNX_FILE, WEIGHTS_FILE
+from components.validate_data.core import EMBEDDING_FILE, REFERENCE_FILE
 
 TRAINING_CARD_KEYS = ("arch", "init", "epochs", "batch_size", "lr", "seed", "world_size", "backend", "train_rows",
                       "history", "early_stopping", "checkpoints", "train_seconds", "steps", "amp")
-MODEL_FILES = (WEIGHTS_FILE, ONNX_FILE, META_FILE, "reference.npy")
+MODEL_FILES = (WEIGHTS_FILE, ONNX_FILE, META_FILE, REFERENCE_FILE, EMBEDDING_FILE)
 NO_TRAFFIC = "no traffic to replay; the evaluation gate decides"
 
 

@@ -21,12 +21,14 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import torch
 import torch.distributed as dist
 import torch.nn as nn
 
+from components._shared.dataset import decode_images
 from components._shared.errors import ConfigError, IntegrityError
-from components._shared.snapshot import Split, read_manifest, split_key, verify_split
+from components._shared.snapshot import Split, SplitFile, read_manifest, split_key, verify_split
 from components._shared.store import open_store
 from components.train import checkpoint
 from components.train.stream import SHUFFLE_ROWS, TrainStream, validation_mask
@@ -275,7 +277,9 @@ def train(config: TrainConfig) -> dict | None:
             "train_seconds": progress.train_seconds, "steps": progress.step,
             "early_stopping": loop.early_stopping_summary(progress),
             "checkpoints": loop.checkpoint_summary()}
-    write_outputs(model.cpu().eval(), stream.sample_images(REFERENCE_ROWS, config.seed), meta, Path(config.out_dir))
+    write_outputs(model.cpu().eval(), stream.sample_images(REFERENCE_ROWS, config.seed),
+                  held_out_sample(store, config.fingerprint, manifest, REFERENCE_ROWS, config.seed), meta,
+                  Path(config.out_dir))
     if config.output_prefix:
         upload_outputs(store, Path(config.out_dir), config.output_prefix)
     return meta
@@ -479,16 +483,44 @@ def upload_outputs(store, out_dir: Path, prefix: str) -> None:
         store.put_file(prefix + name, out_dir / name)
 
 
-def write_outputs(model: nn.Module, reference_images: np.ndarray, meta: dict, out_dir: Path) -> None:
-    """Weights, ONNX, meta, and reference.npy: drift features of a sample of the training images."""
+def held_out_sample(store, fingerprint: str, manifest: dict, size: int, seed: int) -> np.ndarray:
+    """A seeded sample of the snapshot's test images: data the model never trained on, so its
+    embeddings are what the model makes of unseen data from the training distribution."""
+    verify_split(store, fingerprint, "test", manifest)
+    with SplitFile(store, fingerprint, "test") as split:
+        tables = list(split.sample(size, seed))
+        return decode_images(pa.concat_tables([split.schema.empty_table(), *tables]))
+
+
+def encoder(model: nn.Module) -> nn.Module:
+    """The model up to its penultimate layer: the representation drift is decided on."""
+    if isinstance(model, SmallCNN):
+        return model.features
+    return nn.Sequential(*list(model.children())[:-1], nn.Flatten())  # ResNet: all but the classifier
+
+
+@torch.no_grad()
+def embed(model: nn.Module, images: np.ndarray, batch: int = 1024) -> np.ndarray:
+    """(N, H, W, C) uint8 -> (N, D) float32 penultimate-layer embeddings (model in eval mode)."""
+    net = encoder(model).eval()
+    pieces = [net(to_tensor(images[start:start + batch])).numpy() for start in range(0, len(images), batch)]
+    return np.concatenate(pieces).astype(np.float32) if pieces else np.zeros((0, 0), np.float32)
+
+
+def write_outputs(model: nn.Module, reference_images: np.ndarray, held_out_images: np.ndarray, meta: dict,
+                  out_dir: Path) -> None:
+    """Weights, ONNX, meta, and the drift references: pooled-pixel features of a sample of the
+    training images (reference.npy) and the model's embeddings of held-out images."""
     from safetensors.torch import save_file
 
+    from components.validate_data.core import EMBEDDING_FILE, REFERENCE_FILE
     from components.validate_data.drift import features
 
     out_dir.mkdir(parents=True, exist_ok=True)
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(out_dir / WEIGHTS_FILE))
     export_onnx(model, meta["image_shape"], out_dir / ONNX_FILE)
-    np.save(out_dir / "reference.npy", features(reference_images), allow_pickle=False)
+    np.save(out_dir / REFERENCE_FILE, features(reference_images), allow_pickle=False)
+    np.save(out_dir / EMBEDDING_FILE, embed(model, held_out_images), allow_pickle=False)
     (out_dir / META_FILE).write_text(json.dumps(meta, indent=2))
 
 

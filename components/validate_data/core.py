@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import json
+from collections.abc import Callable
 
 import numpy as np
 import pyarrow as pa
@@ -20,7 +22,9 @@ from components._shared.snapshot import SplitFile, read_manifest, verify_split
 from components._shared.store import Store
 from components.validate_data import drift
 
-REFERENCE_FILE = "reference.npy"
+REFERENCE_FILE = "reference.npy"  # pooled-pixel features of a sample of the champion's training images
+EMBEDDING_FILE = "reference_embedding.npy"  # the champion's embeddings of held-out images
+EMBEDDING, PIXELS = "champion_embedding", "pooled_pixels"  # the representations drift is decided on
 WINDOW_ROWS = 10_000  # drift is tested on a seeded uniform sample of at most this many window rows
 WINDOW_SEED = 0
 
@@ -38,7 +42,23 @@ class ValidateConfig:
 class Champion:
     version: str
     card: dict
-    reference: np.ndarray | None
+    reference: np.ndarray | None  # pooled pixels
+    embedding: np.ndarray | None = None  # its penultimate-layer embeddings of held-out images
+    encoder: Callable[[np.ndarray], np.ndarray] | None = None  # images -> those embeddings
+
+    @property
+    def representation(self) -> str:
+        return EMBEDDING if self.embedding is not None and self.encoder is not None else PIXELS
+
+    def reference_for(self, representation: str) -> np.ndarray | None:
+        return self.embedding if representation == EMBEDDING else self.reference
+
+    def features(self, images: np.ndarray) -> dict[str, np.ndarray]:
+        """The images in every representation this champion can compare."""
+        found = {PIXELS: drift.features(images)}
+        if self.representation == EMBEDDING:
+            found[EMBEDDING] = self.encoder(images)
+        return found
 
 
 @dataclasses.dataclass
@@ -54,11 +74,29 @@ def load_champion(store: Store, model: str) -> Champion | None:
     if ref is None or not ref.version:
         return None
     card = registry.card(ref.version)
-    reference = None
-    if REFERENCE_FILE in card.get("files", {}):
-        data = registry.read_verified(ref.version, REFERENCE_FILE)
-        reference = np.load(io.BytesIO(data), allow_pickle=False)
-    return Champion(ref.version, card, reference)
+    reference, embedding = (_load_npy(registry, ref.version, card, name) for name in (REFERENCE_FILE, EMBEDDING_FILE))
+    encoder = _load_encoder(registry, ref.version, card) if embedding is not None else None
+    return Champion(ref.version, card, reference, embedding, encoder)
+
+
+def _load_npy(registry: Registry, version: str, card: dict, name: str) -> np.ndarray | None:
+    if name not in card.get("files", {}):
+        return None
+    return np.load(io.BytesIO(registry.read_verified(version, name)), allow_pickle=False)
+
+
+def _load_encoder(registry: Registry, version: str, card: dict) -> Callable[[np.ndarray], np.ndarray] | None:
+    """The champion's penultimate layer (from its safetensors weights), when its card holds them."""
+    from components.train.core import META_FILE, WEIGHTS_FILE, build_model, embed
+
+    if not {WEIGHTS_FILE, META_FILE} <= card.get("files", {}).keys():
+        return None
+    from safetensors.torch import load
+
+    meta = json.loads(registry.read_verified(version, META_FILE))
+    model = build_model(meta["arch"], meta["image_shape"], meta["num_classes"])
+    model.load_state_dict(load(registry.read_verified(version, WEIGHTS_FILE)))
+    return lambda images: embed(model, images)
 
 
 def check_snapshot(manifest: dict, champion: Champion | None, config: ValidateConfig) -> list[Finding]:
@@ -112,32 +150,44 @@ def _label_counts(manifest: dict, batches: list[str]) -> dict[int, int]:
     return total
 
 
-def _window_features(store: Store, fingerprint: str, manifest: dict, batches: list[str]) -> np.ndarray:
+def _window_features(store: Store, fingerprint: str, manifest: dict, batches: list[str],
+                     champion: Champion | None) -> dict[str, np.ndarray]:
     """Drift features of a sample of the window's training rows (all of them up to WINDOW_ROWS),
-    read a row group at a time: memory stays bounded whatever the snapshot's size."""
+    in every representation the champion compares, read a row group at a time: memory stays
+    bounded whatever the snapshot's size."""
     verify_split(store, fingerprint, "train", manifest)
     window = pa.array(batches, pa.string())
 
     def in_window(table: pa.Table) -> np.ndarray:
         return pc.is_in(table.column(BATCH), value_set=window).to_numpy()
 
+    pieces: dict[str, list[np.ndarray]] = {PIXELS: [np.zeros((0, drift.FEATURE_SIDE ** 2), np.float32)]}
     with SplitFile(store, fingerprint, "train") as split:
-        sample = split.sample(WINDOW_ROWS, WINDOW_SEED, keep=in_window, keep_columns=[BATCH])
-        pieces = [drift.features(decode_images(table)) for table in sample]
-    return np.concatenate(pieces) if pieces else np.zeros((0, drift.FEATURE_SIDE ** 2), np.float32)
+        for table in split.sample(WINDOW_ROWS, WINDOW_SEED, keep=in_window, keep_columns=[BATCH]):
+            images = decode_images(table)
+            found = champion.features(images) if champion else {PIXELS: drift.features(images)}
+            for name, array in found.items():
+                pieces.setdefault(name, []).append(array)
+    return {name: np.concatenate(arrays) for name, arrays in pieces.items()}
 
 
 def drift_report(store: Store, fingerprint: str, manifest: dict, champion: Champion | None,
                  config: ValidateConfig) -> tuple[dict, bytes]:
-    """KS decides feature drift, MMD gives a second opinion, Chi-square tests the labels."""
+    """KS decides feature drift, MMD gives a second opinion, Chi-square tests the labels. The
+    features are the champion's embedding when it has one (what the model sees), else pooled
+    pixels; the plot's mean images are always the pixels (what a person can look at)."""
     batches = window_batches(manifest, champion)
-    window = _window_features(store, fingerprint, manifest, batches)
-    base = {"window_batches": batches, "n_window": int(len(window))}
+    window = _window_features(store, fingerprint, manifest, batches, champion)
+    pixels = window[PIXELS]
+    base = {"window_batches": batches, "n_window": int(len(pixels))}
     if champion is None or champion.reference is None:
         report = {**base, "decision": "no_reference", "is_drift": False, "reason": "no champion yet"}
-        return report, drift.plot_png(report, None, window.mean(axis=0) if len(window) else np.zeros(64))
+        return report, drift.plot_png(report, None, pixels.mean(axis=0) if len(pixels) else np.zeros(64))
+    representation = champion.representation
+    reference = champion.reference_for(representation)
     seen = champion.card.get("data", {}).get("batches", [])
-    feature = drift.feature_drift(champion.reference, window, config.drift_p_val)
+    empty = np.zeros((0, reference.shape[1]), np.float32)  # no window rows: "insufficient data"
+    feature = drift.feature_drift(reference, window.get(representation, empty), config.drift_p_val)
     ks = feature["features"]
     labels = drift.label_drift(_label_counts(manifest, seen), _label_counts(manifest, batches), config.drift_p_val)
     if ks["decision"] == "insufficient_data":
@@ -145,8 +195,8 @@ def drift_report(store: Store, fingerprint: str, manifest: dict, champion: Champ
     else:
         decision = "drift" if ks["is_drift"] or labels["is_drift"] else "no_drift"
     report = {**base, "decision": decision, "is_drift": decision == "drift", "reference_version": champion.version,
-              "n_reference": int(len(champion.reference)), **feature, "labels": labels}
-    return report, drift.plot_png(report, champion.reference.mean(axis=0), window.mean(axis=0))
+              "representation": representation, "n_reference": int(len(reference)), **feature, "labels": labels}
+    return report, drift.plot_png(report, champion.reference.mean(axis=0), pixels.mean(axis=0))
 
 
 def validate(store: Store, fingerprint: str, config: ValidateConfig) -> Validation:
@@ -209,7 +259,8 @@ def _drift_markdown(result: dict) -> list[str]:
     lines += [f"reference: champion `{result['reference_version']}` ({result['n_reference']} rows)", "",
               "| test | what | p-value | threshold | decision |", "|---|---|---|---|---|"]
     ks, mmd, labels = result["features"], result["mmd"], result["labels"]
-    lines.append(_test_row(f"KS, {ks.get('n_features', 64)} features, Bonferroni",
+    space = "champion embedding" if result.get("representation") == EMBEDDING else "pooled pixels"
+    lines.append(_test_row(f"KS, {ks.get('n_features', 64)} {space} features, Bonferroni",
                            f"{ks.get('features_drifted', '-')} feature(s) drifted", ks.get("min_p_val"),
                            ks.get("threshold"), ks))
     lines.append(_test_row(f"MMD (second opinion, {mmd['n_reference']} vs {mmd['n_window']} rows)",

@@ -1,8 +1,9 @@
 """Drift tests with alibi-detect, and the plot a person reads at a glance.
 
 Imported lazily: `import alibi_detect.cd` costs seconds, so only the drift path pays for it.
-Features are downsampled pixels (8x8 grayscale); KS is the decision, MMD on a bounded subsample
-is a second opinion, Chi-square tests the label distribution.
+Features are the champion's penultimate-layer embedding when there is one (validate-data and
+the monitor pass them in), else downsampled pixels (8x8 grayscale, `features`); KS is the
+decision, MMD on a bounded subsample is a second opinion, Chi-square tests the label distribution.
 """
 
 from __future__ import annotations
@@ -148,7 +149,8 @@ def plot_png(report: dict, reference_mean: np.ndarray | None, window_mean: np.nd
         axes[0].legend(loc="upper right", fontsize=8)
     else:
         axes[0].text(0.5, 0.5, ks.get("reason", report.get("reason", "no KS test")), ha="center", va="center")
-    axes[0].set(xlabel="feature (8x8 pixel)", ylabel=f"-log10 p (capped at {P_CAP})", title=f"KS: {report['decision']}")
+    space = "champion embedding dimension" if report.get("representation") == "champion_embedding" else "8x8 pixel"
+    axes[0].set(xlabel=f"feature ({space})", ylabel=f"-log10 p (capped at {P_CAP})", title=f"KS: {report['decision']}")
     side = FEATURE_SIDE
     for axis, image, title in ((axes[1], reference_mean, "reference mean"), (axes[2], window_mean, "window mean")):
         axis.set_xticks([]), axis.set_yticks([])

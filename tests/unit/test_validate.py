@@ -8,10 +8,11 @@ import pytest
 
 from components._shared.dataset import Finding
 from components._shared.errors import DataValidationError
-from components._shared.sampledata import SeedConfig, apply_shift, load_digits_uint8, seed_digits
+from components._shared.sampledata import SeedConfig, apply_shift, batch_table, load_digits_uint8, seed_digits
 from components.ingest.core import IngestConfig, ingest
 from components.validate_data import drift
 from components.validate_data.core import ValidateConfig, publish, raise_on_errors, report_markdown, validate
+from tests.helpers import train_in_process, write_batch
 from tests.unit.test_data_checks import publish_champion
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -96,6 +97,7 @@ def test_validate_reports_drift_of_the_new_batches_with_evidence(rotated_run):
     store, champion, result = rotated_run
     report = result.report["drift"]
     assert report["decision"] == "drift" and report["reference_version"] == champion
+    assert report["representation"] == "pooled_pixels"  # a champion without weights: pixels decide
     assert report["window_batches"] == ["0002", "0003"] and report["features"]["decision"] == "drift"
     assert report["mmd_agrees"] is True and report["labels"]["decision"] == "no_drift"
     assert result.plot_png.startswith(PNG_MAGIC)
@@ -113,7 +115,7 @@ def test_markdown_names_every_finding_and_the_drift_tests(rotated_run):
     assert text.startswith("# Data validation: FAIL")
     assert "| LABEL_NAN | error | 0003 | 2 | x-1, x\\|2 | 2 label(s) are NaN or Inf |" in text
     assert "| DUPLICATE_ID | warning | 0002 | 1 | a |" in text
-    assert "## Drift: drift" in text and "| KS, 64 features, Bonferroni |" in text
+    assert "## Drift: drift" in text and "| KS, 64 pooled pixels features, Bonferroni |" in text
     assert "MMD (second opinion" in text and "Chi-square on labels" in text
 
 
@@ -126,3 +128,55 @@ def test_errors_raise_one_line_naming_every_batch():
     line = err.value.one_line()
     assert err.value.code == "LABEL_NEW_CLASS" and "batch=0007" in line and "+1 more: ROW_COUNT batch=*" in line
     raise_on_errors({"findings": [dataclasses.asdict(findings[1])]})  # warnings alone do not stop the run
+
+
+@pytest.fixture(scope="module")
+def embedding_champion(tmp_path_factory):
+    """A champion trained on half the digits and registered with its weights and its embeddings of
+    held-out digits, as deploy publishes it; the other half is unseen data of the same distribution."""
+    from components._shared.registry import CHAMPION, Registry
+    from components._shared.snapshot import read_manifest
+    from components._shared.store import LocalStore
+    from components.deploy_canary.core import MODEL_FILES
+
+    root = tmp_path_factory.mktemp("embedding")
+    images, labels = load_digits_uint8()
+    order = np.random.default_rng(7).permutation(len(labels))
+    seen, unseen = order[:900], order[900:]
+    store = LocalStore(root / "store")
+    write_batch(store, batch_table(images[seen], labels[seen], [f"seen-{i}" for i in seen]), "0000")
+    fingerprint = ingest(store, IngestConfig()).fingerprint
+    train_in_process(store, fingerprint, root / "model", epochs=4)
+    manifest = read_manifest(store, fingerprint)
+    registry = Registry(store, "digits")
+    registry.publish("champion-1", {name: root / "model" / name for name in MODEL_FILES}, {"data": {
+        "batches": ["0000"], "image_shape": manifest["image_shape"], "classes": manifest["classes"]}})
+    registry.move_alias(CHAMPION, "champion-1", None, run_id="seed")
+    return store, images[unseen], labels[unseen], unseen
+
+
+@pytest.mark.parametrize("shift, strength, expected", [("none", 0, "no_drift"), ("rotation", 1.0, "drift"),
+                                                      ("noise", 2.0, "drift")])
+def test_drift_is_decided_on_the_champions_embedding(embedding_champion, tmp_path, shift, strength, expected):
+    """Unseen digits of the training distribution are not drift (smallest p 0.017 against a
+    threshold of 0.0004); rotated digits are. The embedding measures what the model sees: noise
+    of std 40/255, which pooled pixels flag, moves 1 of its 128 features, so the noise case uses 80."""
+    import shutil
+
+    from components._shared.store import LocalStore
+
+    source, images, labels, ids = embedding_champion
+    store = LocalStore(tmp_path / "store")
+    shutil.copytree(source.root, store.root, dirs_exist_ok=True)
+    images, labels = apply_shift(images, labels, shift, strength, np.random.default_rng(0))
+    write_batch(store, batch_table(images, labels, [f"new-{i}" for i in ids]), "0001")
+    report = validate(store, ingest(store, IngestConfig()).fingerprint, ValidateConfig()).report["drift"]
+    ks = report["features"]
+    assert report["representation"] == "champion_embedding" and ks["n_features"] == 128
+    assert report["window_batches"] == ["0001"] and ks["decision"] == expected
+    assert "champion embedding features" in report_markdown({**_report_shell(), "drift": report})
+
+
+def _report_shell() -> dict:
+    return {"status": "pass", "fingerprint": "f", "champion": "champion-1", "rows": {"train": 1, "test": 1},
+            "findings": []}
