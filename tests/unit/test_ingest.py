@@ -1,5 +1,6 @@
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from components._shared.dataset import is_test_example, stable_bucket, stable_buckets
@@ -173,3 +174,23 @@ def test_read_ahead_keeps_order_and_raises_at_the_failing_item():
             seen.append(item)
     assert seen == [0, 1, 2, 3, 4]
     assert list(read_ahead(iter([]))) == []
+
+
+def test_big_row_groups_stream_batch_by_batch_into_the_same_snapshot(local_store, tmp_path, monkeypatch):
+    """Row groups above WHOLE_ROW_GROUP_BYTES are decoded batch by batch (bounded memory); the
+    snapshot is byte for byte the one the whole-group read gives."""
+    import components.ingest.core as ingest_core
+
+    table = pa.concat_tables([digits_table(400, prefix=f"p{i}") for i in range(3)])
+    local_store.put_bytes("datasets/digits/batch=0000/part-0.parquet", parquet_bytes(table))
+    monkeypatch.setattr(ingest_core, "READ_ROWS", 256)
+    whole = read_manifest(local_store, ingest(local_store, IngestConfig()).fingerprint)["objects"]
+    streamed_store = LocalStore(tmp_path / "streamed")
+    streamed_store.put_bytes("datasets/digits/batch=0000/part-0.parquet", parquet_bytes(table))
+    monkeypatch.setattr(ingest_core, "WHOLE_ROW_GROUP_BYTES", 0)
+    calls = []
+    original = pq.ParquetFile.iter_batches
+    monkeypatch.setattr(pq.ParquetFile, "iter_batches", lambda self, **kw: calls.append(kw) or original(self, **kw))
+    streamed = read_manifest(streamed_store, ingest(streamed_store, IngestConfig()).fingerprint)["objects"]
+    assert calls and all(call["batch_size"] == 256 for call in calls)
+    assert streamed == whole and whole["train.parquet"]["rows"] + whole["test.parquet"]["rows"] == 1200
