@@ -82,6 +82,14 @@ class SplitWriter:
         return {"sha256": self._digest.hexdigest(), "rows": self.rows}
 
 
+def data_contract(manifest: dict) -> dict:
+    """What a model trained on this snapshot relies on: image shape, label type, classes and, for
+    string labels, which name each class index stands for. Stored in the model card; the next
+    snapshot is checked against it (validate-data)."""
+    return {"image_shape": manifest["image_shape"], "classes": manifest["classes"],
+            "label_kind": manifest.get("label_kind"), "label_names": manifest.get("label_names")}
+
+
 def read_manifest(store: Store, fingerprint: str) -> dict:
     return store.get_json(snapshot_prefix(fingerprint) + "manifest.json")
 

@@ -14,6 +14,7 @@ import numpy as np
 from components._shared.dataset import decode_images, list_batches
 from components._shared.errors import ConfigError
 from components._shared.registry import CANARY, CHAMPION, Registry, new_version_id, utc_now
+from components._shared.snapshot import data_contract
 from components._shared.store import Store, read_parquet
 from components.evaluate.core import onnx_probabilities
 from components.train.core import META_FILE, ONNX_FILE, WEIGHTS_FILE
@@ -52,8 +53,7 @@ def build_card(meta: dict, evaluation: dict, validation: dict, manifest: dict, *
         "code_version": code_version(),
         "image": os.environ.get("CTP_IMAGE", ""),
         "data": {"fingerprint": manifest["fingerprint"], "dataset": manifest["dataset"],
-                 "batches": sorted(manifest["batches"]), "image_shape": manifest["image_shape"],
-                 "classes": meta["classes"]},
+                 "batches": sorted(manifest["batches"]), **data_contract(manifest), "classes": meta["classes"]},
         "training": {k: meta.get(k) for k in TRAINING_CARD_KEYS},
         "metrics": {k: evaluation["challenger"][k] for k in ("accuracy", "macro_f1", "ece", "n", "by_batch",
                                                               "per_class_recall", "slices")},

@@ -338,6 +338,7 @@ def ingest(store: Store, config: IngestConfig) -> IngestResult:
         "objects": objects,
         "image_shape": list(scan.image_shape),
         "classes": sorted({c for counts in scan.label_counts.values() for c in counts}),
+        "label_kind": scan.labels.kind,  # "int" or "str": part of the data contract the champion keeps
         "label_names": scan.labels.names if scan.labels.kind == "str" else None,
         "label_counts": {b: {str(c): n for c, n in sorted(counts.items())} for b, counts in scan.label_counts.items()},
         "findings": [dataclasses.asdict(f) for f in scan.findings],

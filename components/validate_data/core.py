@@ -116,10 +116,32 @@ def check_snapshot(manifest: dict, champion: Champion | None, config: ValidateCo
     if shape and tuple(manifest["image_shape"]) != shape:
         findings.append(Finding("IMAGE_SHAPE", "error", next(iter(manifest["batches"]), "*"),
                                 f"image shape {tuple(manifest['image_shape'])} differs from the champion's {shape}"))
+    findings += _label_contract_findings(manifest, data)
     known = set(data.get("classes", []))
     if known:
         findings += _new_class_findings(manifest, known, config.allow_new_classes)
     return findings
+
+
+def _label_contract_findings(manifest: dict, data: dict) -> list[Finding]:
+    """Labels must mean what they meant to the champion: the same type and, for string labels, each
+    of its class indices still standing for the same name (indices follow first appearance, so
+    they move if the batches that introduced a class were removed)."""
+    kind, names = manifest.get("label_kind"), manifest.get("label_names") or []
+    if data.get("label_kind") and kind and kind != data["label_kind"]:
+        return [Finding("LABEL_DTYPE", "error", "*", f"labels are {_KINDS[kind]}; the champion was trained on "
+                        f"{_KINDS[data['label_kind']]} (convert them, or start a new model)")]
+    old = data.get("label_names") or []
+    moved = [i for i, name in enumerate(old[:len(names)]) if names[i] != name]  # absent classes just have no rows
+    if moved:
+        shown = [f"{i}: {old[i]!r} -> {names[i]!r}" for i in moved[:5]]
+        return [Finding("LABEL_DOMAIN", "error", "*", f"{len(moved)} class index(es) no longer mean what they meant "
+                        f"to the champion ({', '.join(shown)}); restore the batches that introduced them, or "
+                        "start a new model", len(moved), shown)]
+    return []
+
+
+_KINDS = {"int": "integers", "str": "strings"}
 
 
 def _new_class_findings(manifest: dict, known: set[int], allowed: bool) -> list[Finding]:

@@ -12,7 +12,7 @@ from components._shared.dataset import ID, IMAGE, LABEL, SHAPE_KEY
 from components._shared.errors import DataValidationError
 from components._shared.registry import CHAMPION, Registry, new_version_id
 from components._shared.sampledata import SeedConfig, seed_digits
-from components._shared.snapshot import load_split, read_manifest
+from components._shared.snapshot import data_contract, load_split, read_manifest
 from components._shared.store import parquet_bytes
 from components.ingest import core as ingest_core
 from components.ingest.core import IngestConfig, ingest
@@ -31,8 +31,7 @@ def publish_champion(store, tmp_path, fingerprint: str, model: str = "digits") -
     version = new_version_id()
     registry = Registry(store, model)
     registry.publish(version, {"reference.npy": reference}, {"data": {
-        "fingerprint": fingerprint, "batches": sorted(manifest["batches"]), "image_shape": manifest["image_shape"],
-        "classes": manifest["classes"]}})
+        "fingerprint": fingerprint, "batches": sorted(manifest["batches"]), **data_contract(manifest)}})
     assert registry.promote(version, registry.alias(CHAMPION), run_id="test-setup", reason="test champion")
     return version
 
@@ -45,13 +44,13 @@ def png_bytes(array: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def png_table(n: int, shape=(8, 8), *, bad_rows=(), labels=None) -> pa.Table:
+def png_table(n: int, shape=(8, 8), *, bad_rows=(), labels=None, prefix: str = "p") -> pa.Table:
     rng = np.random.default_rng(0)
     images = [png_bytes(rng.integers(0, 255, shape, dtype=np.uint8)) for _ in range(n)]
     for row in bad_rows:
         images[row] = b"\x89PNG not really"
     labels = [i % 3 for i in range(n)] if labels is None else labels
-    return pa.table({ID: [f"p{i}" for i in range(n)], IMAGE: pa.array(images, pa.binary()), LABEL: labels})
+    return pa.table({ID: [f"{prefix}{i}" for i in range(n)], IMAGE: pa.array(images, pa.binary()), LABEL: labels})
 
 
 def ingest_error(store, **config) -> DataValidationError:
@@ -216,3 +215,29 @@ def test_bad_data_stops_the_steps_before_train_and_keeps_the_champion(local_stor
     assert recorded_error(local_store, "r1").one_line().startswith(f"{code}: {step}: batch=0099")
     registry = Registry(local_store, "digits")
     assert registry.alias(CHAMPION) == before and registry.versions() == [champion]
+
+
+def test_string_labels_must_keep_the_meaning_the_champion_learned(local_store, tmp_path):
+    """Class indices follow first appearance: removing the batch that introduced them moves them."""
+    write_batch(local_store, png_table(30, labels=["cat", "dog"] * 15), "0000")
+    write_batch(local_store, png_table(30, labels=["ant", "cat"] * 15, prefix="q"), "0001")
+    publish_champion(local_store, tmp_path, ingest(local_store, IngestConfig()).fingerprint)  # cat 0, dog 1, ant 2
+    champion = load_champion(local_store, "digits")
+    local_store.delete("datasets/digits/batch=0000/part-0.parquet")
+    write_batch(local_store, png_table(30, labels=["dog"] * 30, prefix="r"), "0002")  # now ant 0, cat 1, dog 2
+    manifest = read_manifest(local_store, ingest(local_store, IngestConfig()).fingerprint)
+    (finding,) = check_snapshot(manifest, champion, ValidateConfig())
+    assert (finding.code, finding.severity, finding.count) == ("LABEL_DOMAIN", "error", 3)
+    assert "0: 'cat' -> 'ant'" in finding.message and "start a new model" in finding.message
+
+
+def test_labels_of_another_type_than_the_champions_are_an_error(local_store, tmp_path):
+    write_batch(local_store, digits_table(40), "0000")
+    publish_champion(local_store, tmp_path, ingest(local_store, IngestConfig()).fingerprint)
+    champion = load_champion(local_store, "digits")
+    local_store.delete("datasets/digits/batch=0000/part-0.parquet")
+    write_batch(local_store, png_table(30, labels=["a", "b"] * 15), "0001")
+    manifest = read_manifest(local_store, ingest(local_store, IngestConfig()).fingerprint)
+    findings = check_snapshot(manifest, champion, ValidateConfig())
+    assert [(f.code, f.severity) for f in findings] == [("LABEL_DTYPE", "error")]
+    assert "labels are strings; the champion was trained on integers" in findings[0].message
