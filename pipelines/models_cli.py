@@ -59,9 +59,9 @@ def models_list(store_uri, model_name, as_json):
         _emit(as_json, {"model": model_name, "aliases": aliases, "versions": rows},
               f"no versions of {model_name} yet; run `ctp run`")
         return
-    click.echo(f"{'VERSION':<26} {'ALIASES':<18} {'ACC':>6} {'F1':>6} {'INIT':<8} {'TRIGGER':<8} PARENT")
+    click.echo(f"{'VERSION':<30} {'ALIASES':<18} {'ACC':>6} {'F1':>6} {'INIT':<8} {'TRIGGER':<8} PARENT")
     for r in rows:
-        click.echo(f"{r['version']:<26} {','.join(r['aliases']) or '-':<18} {r['accuracy']:>6.3f} "
+        click.echo(f"{r['version']:<30} {','.join(r['aliases']) or '-':<18} {r['accuracy']:>6.3f} "
                    f"{r['macro_f1']:>6.3f} {r['init']:<8} {r['trigger'] or '-':<8} {r['parent'] or '-'}")
 
 

@@ -82,8 +82,9 @@ def _name(value: str, what: str) -> str:
 
 
 def new_version_id() -> str:
-    """Sortable by creation time, unique across concurrent runs."""
-    return f"{dt.datetime.now(dt.timezone.utc):%Y%m%dT%H%M%SZ}-{secrets.token_hex(3)}"
+    """Sortable by creation time, unique across concurrent runs: 48 random bits (24 collided
+    about once in ten times among 2,000 ids made in one second)."""
+    return f"{dt.datetime.now(dt.timezone.utc):%Y%m%dT%H%M%SZ}-{secrets.token_hex(6)}"
 
 
 @dataclasses.dataclass(frozen=True)
