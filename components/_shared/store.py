@@ -18,6 +18,7 @@ import os
 import re
 import secrets
 import tempfile
+import time
 from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any, Iterator, Mapping
@@ -37,6 +38,8 @@ _KEY_PART = re.compile(r"[A-Za-z0-9_=+@,:-][A-Za-z0-9._=+@,:-]*")
 _WRITE_ID, _SHA256 = "x-amz-meta-ctp-write-id", "x-amz-meta-ctp-sha256"  # on every S3 PUT of put_bytes
 PART_SIZE = 5 * 1024 * 1024  # S3's smallest part; larger files are uploaded in parts
 _TMP_PREFIX = ".tmp-"  # a local writer's file before its atomic rename
+_ETAG_CACHE = ".etags"  # LocalStore.etag's hashes of unchanged files
+RACY_NS = 100_000_000  # a file changed this close to its hashing may change again unseen: not cached
 
 
 def check_key(key: str) -> str:
@@ -208,6 +211,29 @@ class Store(ABC):
         return f"{self.uri.rstrip('/')}/{key}" if key else self.uri
 
 
+def _read_json_quietly(path: Path) -> dict | None:
+    """A cache entry, or None when there is none or it cannot be read (a cache never fails a call)."""
+    try:
+        return json.loads(path.read_bytes())
+    except (OSError, ValueError):
+        return None
+
+
+def _write_json_quietly(path: Path, entry: dict) -> None:
+    """Write a cache entry atomically (temp file + rename); a read-only store just goes without."""
+    tmp = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".entry-")
+        with os.fdopen(fd, "w") as handle:
+            json.dump(entry, handle)
+        os.replace(tmp, path)
+    except OSError:
+        if tmp:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+
+
 def _mtime(path: Path) -> dt.datetime:
     return dt.datetime.fromtimestamp(path.stat().st_mtime, dt.timezone.utc)
 
@@ -289,7 +315,7 @@ class LocalStore(Store):
 
     def compare_and_swap(self, key: str, data: bytes, expected_etag: str | None) -> str | None:
         with self._lock(key):
-            current = self.etag(key) if self.exists(key) else None
+            current = self._content_sha256(key) if self.exists(key) else None  # no cache under the lock
             if current != expected_etag:
                 return None
             return self.put_bytes(key, data)
@@ -313,7 +339,8 @@ class LocalStore(Store):
         cutoff = dt.datetime.now(dt.timezone.utc) - older_than
         found = []
         for path in self.root.rglob(_TMP_PREFIX + "*"):
-            if path.is_file() and ".locks" not in path.relative_to(self.root).parts and _mtime(path) < cutoff:
+            own = {".locks", _ETAG_CACHE} & set(path.relative_to(self.root).parts)
+            if path.is_file() and not own and _mtime(path) < cutoff:
                 found.append(PendingUpload(path.relative_to(self.root).as_posix(), path.name, _mtime(path)))
         return sorted(found, key=lambda u: u.key)
 
@@ -327,8 +354,31 @@ class LocalStore(Store):
         return self._path(key).is_file()
 
     def etag(self, key: str) -> str:
-        """The sha256 of the content (as get_with_etag gives), hashed as a stream: bounded memory,
-        and hashlib releases the GIL so several objects hash in parallel."""
+        """The sha256 of the content (as get_with_etag gives). Every run fingerprints every batch,
+        so, as DVC's state database and git's index do, a hash is kept under ``.etags/`` keyed by
+        the file's inode, size, mtime and ctime (which no tool can set back), and an unchanged
+        file is not read again. A file changed less than RACY_NS before it was hashed is not
+        cached: a rewrite within the same clock tick would keep its timestamps."""
+        path = self._path(key)
+        try:
+            stat = path.stat()
+        except (FileNotFoundError, NotADirectoryError):
+            stat = None
+        if stat is None or not os.path.isfile(path):
+            raise StoreNotFound(f"{self.describe(key)} does not exist")
+        signature = [stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns]
+        entry = self.root / _ETAG_CACHE / hashlib.sha256(key.encode()).hexdigest()
+        cached = _read_json_quietly(entry)
+        if cached and cached.get("stat") == signature:
+            return cached["sha256"]
+        hashed_at = time.time_ns()
+        digest = self._content_sha256(key)
+        if max(stat.st_mtime_ns, stat.st_ctime_ns) < hashed_at - RACY_NS:
+            _write_json_quietly(entry, {"key": key, "stat": signature, "sha256": digest})
+        return digest
+
+    def _content_sha256(self, key: str) -> str:
+        """Hashed as a stream: bounded memory, and hashlib releases the GIL (objects hash in parallel)."""
         try:
             with self._path(key).open("rb") as handle:
                 return hashlib.file_digest(handle, "sha256").hexdigest()

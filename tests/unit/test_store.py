@@ -3,6 +3,7 @@ server over real HTTP on 127.0.0.1, and MinIO when MINIO_ENDPOINT is set)."""
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import socket
 import threading
@@ -467,3 +468,62 @@ def test_s3_settings_scheme_sets_tls():
         S3Settings.from_env({"MINIO_ENDPOINT": "https://m:9000", "MINIO_SECURE": "false"})
     with pytest.raises(ConfigError):
         S3Settings.from_env({"MINIO_ENDPOINT": "m:9000", "MINIO_SECURE": "maybe"})
+
+
+# --- the local store's ETag cache (.etags/): unchanged files are not read again -------------------
+
+def _counting_hashes(monkeypatch, store) -> list[str]:
+    read = []
+    original = store._content_sha256
+    monkeypatch.setattr(store, "_content_sha256", lambda key: read.append(key) or original(key))
+    return read
+
+
+def _age(path: Path, seconds: float = 1.0) -> None:
+    """Back-date mtime (ctime cannot be set) so the file is outside the racy window."""
+    import os
+    import time
+
+    os.utime(path, ns=(time.time_ns() - int(seconds * 1e9),) * 2)
+
+
+def test_local_etag_is_cached_until_the_file_changes(tmp_path, monkeypatch):
+    import time
+
+    import components._shared.store as store_module
+
+    monkeypatch.setattr(store_module, "RACY_NS", 50_000_000)
+    store = LocalStore(tmp_path / "store")
+    store.put_bytes("d/a.bin", b"x" * 1000)
+    time.sleep(0.1)  # ctime leaves the racy window
+    read = _counting_hashes(monkeypatch, store)
+    first = store.etag("d/a.bin")
+    assert store.etag("d/a.bin") == first == hashlib.sha256(b"x" * 1000).hexdigest()
+    assert read == ["d/a.bin"]  # the second call came from the cache
+    with open(store.root / "d/a.bin", "r+b") as handle:  # rewritten in place, same size
+        handle.write(b"y")
+    _age(store.root / "d/a.bin")  # even with its mtime set back, ctime moved
+    assert store.etag("d/a.bin") == hashlib.sha256(b"y" + b"x" * 999).hexdigest()
+    assert read == ["d/a.bin", "d/a.bin"]
+    assert store.list("") == ["d/a.bin"] and store.stale_uploads(dt.timedelta(0)) == []
+
+
+def test_local_etag_of_a_file_changed_just_before_is_not_cached(tmp_path, monkeypatch):
+    import components._shared.store as store_module
+
+    monkeypatch.setattr(store_module, "RACY_NS", 60 * 10**9)  # everything is "just changed"
+    store = LocalStore(tmp_path / "store")
+    store.put_bytes("d/a.bin", b"x" * 10)
+    read = _counting_hashes(monkeypatch, store)
+    store.etag("d/a.bin"), store.etag("d/a.bin")
+    assert read == ["d/a.bin", "d/a.bin"] and not (store.root / ".etags").exists()
+
+
+def test_local_etag_cache_that_cannot_be_written_is_skipped(tmp_path, monkeypatch):
+    import components._shared.store as store_module
+
+    monkeypatch.setattr(store_module, "RACY_NS", 0)
+    store = LocalStore(tmp_path / "store")
+    store.put_bytes("d/a.bin", b"x" * 10)
+    (store.root / ".etags").write_text("a file where the cache folder would be")
+    assert store.etag("d/a.bin") == hashlib.sha256(b"x" * 10).hexdigest()
