@@ -178,13 +178,14 @@ def test_every_rank_of_a_ddp_run_stops_on_a_corrupt_split(local_store, tmp_path,
 
 
 def peak_bytes(consume) -> int:
-    """Peak of numpy/Python memory (tracemalloc) plus the most Arrow held at any item ``consume``
-    yields. Not timing based: it counts bytes held, whatever the machine's speed."""
-    arrow_peak = 0
+    """Peak of numpy/Python memory (tracemalloc) plus the most Arrow memory added at any item
+    ``consume`` yields (over what the process held before: other tests' tables may still be
+    alive). Not timing based: it counts bytes held, whatever the machine's speed."""
+    arrow_before, arrow_peak = pa.total_allocated_bytes(), 0
     tracemalloc.start()
     try:
         for _ in consume():
-            arrow_peak = max(arrow_peak, pa.total_allocated_bytes())
+            arrow_peak = max(arrow_peak, pa.total_allocated_bytes() - arrow_before)
         return tracemalloc.get_traced_memory()[1] + arrow_peak
     finally:
         tracemalloc.stop()
