@@ -151,10 +151,11 @@ def _merge(findings: list[Finding], new: Finding) -> None:
 
 @dataclasses.dataclass
 class _Read:
-    """What the reader found in one object: a record batch of it, or why it cannot be read."""
+    """What the reader found in one object: record batches of it (a small row group whole, or one
+    batch of a big one: the unit read ahead), or why it cannot be read."""
 
     batch: str
-    rows: pa.RecordBatch | None = None
+    rows: list[pa.RecordBatch] = dataclasses.field(default_factory=list)
     problem: Finding | None = None
 
 
@@ -190,20 +191,21 @@ def _read_object(filesystem, batch: str, key: str) -> Iterator[_Read]:
             return
         try:
             for group in range(parquet.num_row_groups):
-                for record_batch in _row_group_batches(parquet, group):
-                    yield _Read(batch, rows=record_batch)
+                for record_batches in _row_group_batches(parquet, group):
+                    yield _Read(batch, rows=record_batches)
         except (pa.ArrowException, OSError) as err:
             _raise_if_store_failed(err, key)
             yield problem("PARQUET_CORRUPT", f"{key} cannot be read to the end ({err})", [key])
 
 
-def _row_group_batches(parquet: pq.ParquetFile, group: int) -> Iterator[pa.RecordBatch]:
-    """One row group in record batches: read whole when it is small (about 15% faster than
-    decoding batch by batch), streamed batch by batch when it is big (bounded memory)."""
+def _row_group_batches(parquet: pq.ParquetFile, group: int) -> Iterator[list[pa.RecordBatch]]:
+    """One row group as lists of record batches: read whole when it is small (about 15% faster
+    than decoding batch by batch), streamed a batch at a time when it is big (bounded memory)."""
     if parquet.metadata.row_group(group).total_byte_size <= WHOLE_ROW_GROUP_BYTES:
-        yield from parquet.read_row_group(group).to_batches(max_chunksize=READ_ROWS)
+        yield parquet.read_row_group(group).to_batches(max_chunksize=READ_ROWS)
     else:
-        yield from parquet.iter_batches(batch_size=READ_ROWS, row_groups=[group])
+        for record_batch in parquet.iter_batches(batch_size=READ_ROWS, row_groups=[group]):
+            yield [record_batch]
 
 
 class _Scan:
@@ -235,9 +237,9 @@ class _Scan:
             if read.problem:
                 troubled.add(read.batch)
                 _merge(self.findings, read.problem)
-            else:
-                rows[read.batch] += read.rows.num_rows
-                self.check_and_write(read.batch, read.rows)
+            for record_batch in read.rows:
+                rows[read.batch] += record_batch.num_rows
+                self.check_and_write(read.batch, record_batch)
         for batch in source:
             if rows[batch] == 0 and batch not in troubled:
                 self.add("EMPTY_BATCH", batch, "batch has no rows", 0)
