@@ -14,11 +14,32 @@ from components._shared.store import LocalStore, S3Settings, S3Store
 TEST_ACCESS_KEY, TEST_SECRET_KEY = "ctp-test-access", "ctp-test-secret"
 
 
+def _atomic_conditional_writes() -> None:
+    """moto checks If-Match / If-None-Match and then writes, with no lock between (a check-then-act
+    race that S3 and MinIO do not have): two racing conditional PUTs could both win, and the
+    concurrency tests would be testing moto. Serialize its writes, as a real server does."""
+    import threading
+
+    from moto.s3.responses import S3Response
+
+    if getattr(S3Response, "_ctp_serialized", False):
+        return
+    lock = threading.Lock()
+    for name in ("_key_response_put", "_key_response_post", "_key_response_delete"):
+        def serialized(self, *args, _original=getattr(S3Response, name), **kwargs):
+            with lock:
+                return _original(self, *args, **kwargs)
+        setattr(S3Response, name, serialized)
+    S3Response._ctp_serialized = True
+
+
 @pytest.fixture(scope="session")
 def s3_server():
-    """moto's S3 server over real HTTP on 127.0.0.1 (a real S3 protocol peer, not a mock client)."""
+    """moto's S3 server over real HTTP on 127.0.0.1 (a real S3 protocol peer, not a mock client),
+    with its conditional writes made atomic (_atomic_conditional_writes)."""
     from moto.server import ThreadedMotoServer
 
+    _atomic_conditional_writes()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     host, port = server.get_host_and_port()
