@@ -260,12 +260,12 @@ def check_labels(table, batch: str) -> list[Finding]:
 
 def stable_bucket(example_id: str, buckets: int = 10_000) -> int:
     """A split bucket that depends only on the example id, so an example never changes split."""
-    digest = hashlib.sha256(example_id.encode()).digest()
-    return int.from_bytes(digest[:8], "big") % buckets
+    return int(stable_buckets([example_id], buckets=buckets)[0])
 
 
 def stable_buckets(example_ids: list[str], salt: str = "", buckets: int = 10_000) -> np.ndarray:
-    """``stable_bucket(salt + id)`` of every id, in one loop (ingest hashes every row it reads)."""
+    """``stable_bucket(salt + id)`` of every id, in one loop (ingest hashes every row it reads):
+    the first 8 bytes of the id's sha256, big-endian, modulo ``buckets``."""
     sha256 = hashlib.sha256
     heads = b"".join([sha256((salt + i).encode()).digest()[:8] for i in example_ids])
     return (np.frombuffer(heads, ">u8") % buckets).astype(np.int64)

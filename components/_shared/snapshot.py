@@ -98,11 +98,14 @@ def split_key(fingerprint: str, split: str) -> str:
     return snapshot_prefix(fingerprint) + f"{split}.parquet"
 
 
+CORRUPT_HINT = "the snapshot is corrupt; delete snapshots/<fingerprint>/ and re-run ingest"
+
+
 def _check_digest(store: Store, fingerprint: str, split: str, manifest: dict | None, actual: str) -> None:
     manifest = manifest or read_manifest(store, fingerprint)
     if actual != manifest["objects"][f"{split}.parquet"]["sha256"]:
         raise IntegrityError(f"{store.describe(split_key(fingerprint, split))} does not match its manifest checksum",
-                             hint="the snapshot is corrupt; delete snapshots/<fingerprint>/ and re-run ingest")
+                             hint=CORRUPT_HINT)
 
 
 def load_split(store: Store, fingerprint: str, split: str, manifest: dict | None = None) -> Split:
@@ -182,3 +185,7 @@ class SplitFile:
             if local.size:
                 table = self.read_group(group)
                 yield (table if keep is None else table.filter(pa.array(keep(table)))).take(pa.array(local))
+
+    def sample_table(self, size: int, seed: int, **options) -> pa.Table:
+        """``sample`` as one table (with the split's schema even when nothing is picked)."""
+        return pa.concat_tables([self.schema.empty_table(), *self.sample(size, seed, **options)])

@@ -21,6 +21,7 @@ import tempfile
 import time
 from abc import ABC, abstractmethod
 from pathlib import Path
+from stat import S_ISREG
 from typing import Any, Iterator, Mapping
 
 import pyarrow.fs as pafs
@@ -359,12 +360,11 @@ class LocalStore(Store):
         the file's inode, size, mtime and ctime (which no tool can set back), and an unchanged
         file is not read again. A file changed less than RACY_NS before it was hashed is not
         cached: a rewrite within the same clock tick would keep its timestamps."""
-        path = self._path(key)
         try:
-            stat = path.stat()
+            stat = self._path(key).stat()
         except (FileNotFoundError, NotADirectoryError):
             stat = None
-        if stat is None or not os.path.isfile(path):
+        if stat is None or not S_ISREG(stat.st_mode):
             raise StoreNotFound(f"{self.describe(key)} does not exist")
         signature = [stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns]
         entry = self.root / _ETAG_CACHE / hashlib.sha256(key.encode()).hexdigest()

@@ -210,7 +210,7 @@ def _row_group_batches(parquet: pq.ParquetFile, group: int) -> Iterator[list[pa.
 
 class _Scan:
     """One pass over the source: checks every record batch, streams good rows to the writers.
-    Reading runs one record batch ahead on a thread (read_ahead), in order."""
+    Reading runs one row group ahead on a thread (read_ahead), in order."""
 
     def __init__(self, store: Store, prefix: str, config: IngestConfig, consumed: set[str]):
         self.store, self.prefix, self.config, self.consumed = store, prefix, config, consumed

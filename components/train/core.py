@@ -21,14 +21,13 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
 import torch
 import torch.distributed as dist
 import torch.nn as nn
 
 from components._shared.dataset import decode_images
 from components._shared.errors import ConfigError, IntegrityError
-from components._shared.snapshot import Split, SplitFile, read_manifest, split_key, verify_split
+from components._shared.snapshot import CORRUPT_HINT, Split, SplitFile, read_manifest, split_key, verify_split
 from components._shared.store import open_store
 from components.train import checkpoint
 from components.train.stream import SHUFFLE_ROWS, TrainStream, validation_mask
@@ -301,7 +300,7 @@ def _verify_train_split(store, fingerprint: str, manifest: dict, info: DistInfo)
         if corrupt.item() and failure is None:
             failure = IntegrityError(f"{store.describe(split_key(fingerprint, 'train'))} does not match its "
                                      "manifest checksum (found by rank 0)",
-                                     hint="the snapshot is corrupt; delete snapshots/<fingerprint>/ and re-run ingest")
+                                     hint=CORRUPT_HINT)
     if failure is not None:
         raise failure
 
@@ -488,8 +487,7 @@ def held_out_sample(store, fingerprint: str, manifest: dict, size: int, seed: in
     embeddings are what the model makes of unseen data from the training distribution."""
     verify_split(store, fingerprint, "test", manifest)
     with SplitFile(store, fingerprint, "test") as split:
-        tables = list(split.sample(size, seed))
-        return decode_images(pa.concat_tables([split.schema.empty_table(), *tables]))
+        return decode_images(split.sample_table(size, seed))
 
 
 def encoder(model: nn.Module) -> nn.Module:

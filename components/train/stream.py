@@ -74,8 +74,8 @@ class TrainStream(IterableDataset):
             self.group_rows = list(split.group_rows)
             if val_fraction:
                 carved = split.count(self._in_validation, [ID])
-                sample = split.sample(VALIDATION_ROWS, VALIDATION_SEED, keep=self._in_validation, counts=carved)
-                self.validation = split_from_table(pa.concat_tables([split.schema.empty_table(), *sample]))
+                self.validation = split_from_table(
+                    split.sample_table(VALIDATION_ROWS, VALIDATION_SEED, keep=self._in_validation, counts=carved))
                 self.group_rows = [rows - c for rows, c in zip(self.group_rows, carved, strict=True)]
         self.rows = sum(self.group_rows)
         self.rank_rows = self.rows // world_size
@@ -129,8 +129,7 @@ class TrainStream(IterableDataset):
         excluded), in file order; only the row groups that hold a picked row are read."""
         with SplitFile(self.store, self.fingerprint, "train") as split:
             keep = self._is_training if self.val_fraction else None
-            sample = split.sample(size, seed, keep=keep, counts=self.group_rows)
-            return decode_images(pa.concat_tables([split.schema.empty_table(), *sample]))
+            return decode_images(split.sample_table(size, seed, keep=keep, counts=self.group_rows))
 
     def _group_order(self) -> np.ndarray:
         return np.random.default_rng([self.seed, self.epoch]).permutation(len(self.group_rows))

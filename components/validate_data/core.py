@@ -21,10 +21,10 @@ from components._shared.registry import CHAMPION, Registry
 from components._shared.snapshot import SplitFile, read_manifest, verify_split
 from components._shared.store import Store
 from components.validate_data import drift
+from components.validate_data.drift import EMBEDDING, PIXELS
 
 REFERENCE_FILE = "reference.npy"  # pooled-pixel features of a sample of the champion's training images
 EMBEDDING_FILE = "reference_embedding.npy"  # the champion's embeddings of held-out images
-EMBEDDING, PIXELS = "champion_embedding", "pooled_pixels"  # the representations drift is decided on
 WINDOW_ROWS = 10_000  # drift is tested on a seeded uniform sample of at most this many window rows
 WINDOW_SEED = 0
 

@@ -14,6 +14,7 @@ import io
 import numpy as np
 
 FEATURE_SIDE = 8  # images are pooled to 8x8 grayscale: 64 features, cheap for KS
+EMBEDDING, PIXELS = "champion_embedding", "pooled_pixels"  # the representations drift is decided on
 MIN_ROWS = 30
 MMD_ROWS = 200  # per side: the permutation test is O(n^2) per permutation, so it is subsampled
 MMD_PERMUTATIONS = 100
@@ -149,7 +150,7 @@ def plot_png(report: dict, reference_mean: np.ndarray | None, window_mean: np.nd
         axes[0].legend(loc="upper right", fontsize=8)
     else:
         axes[0].text(0.5, 0.5, ks.get("reason", report.get("reason", "no KS test")), ha="center", va="center")
-    space = "champion embedding dimension" if report.get("representation") == "champion_embedding" else "8x8 pixel"
+    space = "champion embedding dimension" if report.get("representation") == EMBEDDING else "8x8 pixel"
     axes[0].set(xlabel=f"feature ({space})", ylabel=f"-log10 p (capped at {P_CAP})", title=f"KS: {report['decision']}")
     side = FEATURE_SIDE
     for axis, image, title in ((axes[1], reference_mean, "reference mean"), (axes[2], window_mean, "window mean")):
