@@ -264,11 +264,16 @@ def stable_bucket(example_id: str, buckets: int = 10_000) -> int:
 
 
 def stable_buckets(example_ids: list[str], salt: str = "", buckets: int = 10_000) -> np.ndarray:
-    """``stable_bucket(salt + id)`` of every id, in one loop (ingest hashes every row it reads):
-    the first 8 bytes of the id's sha256, big-endian, modulo ``buckets``."""
+    """``stable_bucket(salt + id)`` of every id: its id hash modulo ``buckets``."""
+    return (id_hashes(example_ids, salt) % np.uint64(buckets)).astype(np.int64)
+
+
+def id_hashes(example_ids: list[str], salt: str = "") -> np.ndarray:
+    """The first 8 bytes of sha256(salt + id), big-endian, of every id, in one loop (ingest hashes
+    every row it reads, for its split and its duplicate check)."""
     sha256 = hashlib.sha256
     heads = b"".join([sha256((salt + i).encode()).digest()[:8] for i in example_ids])
-    return (np.frombuffer(heads, ">u8") % buckets).astype(np.int64)
+    return np.frombuffer(heads, ">u8").astype(np.uint64)
 
 
 def is_test_example(example_id: str, test_fraction: float) -> bool:

@@ -20,6 +20,7 @@ import secrets
 import tempfile
 import time
 from abc import ABC, abstractmethod
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from stat import S_ISREG
 from typing import Any, Iterator, Mapping
@@ -39,6 +40,10 @@ _KEY_PART = re.compile(r"[A-Za-z0-9_=+@,:-][A-Za-z0-9._=+@,:-]*")
 _WRITE_ID, _SHA256 = "x-amz-meta-ctp-write-id", "x-amz-meta-ctp-sha256"  # on every S3 PUT of put_bytes
 PART_SIZE = 5 * 1024 * 1024  # S3's smallest part; larger files are uploaded in parts
 _TMP_PREFIX = ".tmp-"  # a local writer's file before its atomic rename
+# A streamed local object is flushed to disk every this many bytes on a background thread, so the
+# fsync before its rename waits for the tail only (a 14 MB snapshot's fsync took ~10 ms of ingest).
+WRITE_BACK_BYTES = 4 << 20
+_WRITE_BACK = ThreadPoolExecutor(max_workers=2, thread_name_prefix="ctp-write-back")
 _ETAG_CACHE = ".etags"  # LocalStore.etag's hashes of unchanged files
 RACY_NS = 100_000_000  # a file changed this close to its hashing may change again unseen: not cached
 
@@ -658,6 +663,8 @@ class _AtomicLocalWriter:
         fd, tmp = tempfile.mkstemp(dir=final.parent, prefix=_TMP_PREFIX)
         self._tmp = Path(tmp)
         self._file = os.fdopen(fd, "wb")
+        self._unsynced = 0
+        self._write_back: Future | None = None
 
     closed = property(lambda self: self._file.closed)
 
@@ -671,7 +678,13 @@ class _AtomicLocalWriter:
         return False
 
     def write(self, data) -> int:
-        return self._file.write(data)
+        written = self._file.write(data)
+        self._unsynced += written
+        if self._unsynced >= WRITE_BACK_BYTES and (self._write_back is None or self._write_back.done()):
+            self._file.flush()
+            self._write_back = _WRITE_BACK.submit(os.fdatasync, self._file.fileno())
+            self._unsynced = 0
+        return written
 
     def tell(self) -> int:
         return self._file.tell()
@@ -684,6 +697,8 @@ class _AtomicLocalWriter:
             return
         try:
             self._file.flush()
+            if self._write_back is not None:
+                self._write_back.result()  # an I/O error surfaces here, before the rename
             os.fsync(self._file.fileno())
             self._file.close()
             if self._final.is_dir():

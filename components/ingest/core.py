@@ -23,14 +23,15 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from components._shared.dataset import (
-    BATCH, ID, IMAGE, LABEL, Finding, check_batch_table, list_batches, pixels_to_array, raise_on_errors,
-    stable_buckets,
+    BATCH, ID, IMAGE, LABEL, Finding, check_batch_table, id_hashes, list_batches, pixels_to_array,
+    raise_on_errors, stable_buckets,
 )
 from components._shared.errors import AlreadyExists, ConfigError, DataValidationError, StoreUnavailable
 from components._shared.readahead import read_ahead
 from components._shared.registry import CHAMPION, Registry
 from components._shared.snapshot import SPLITS, SplitWriter, read_manifest, snapshot_prefix
 from components._shared.store import Store
+from components.ingest.duplicates import DuplicateIds, Repeats
 
 CONTRACT_VERSION = 2  # 2: streamed snapshots with label counts, label names and findings
 READ_ROWS = 2048  # rows per record batch: bounds memory whatever the dataset size
@@ -151,23 +152,28 @@ def _merge(findings: list[Finding], new: Finding) -> None:
 
 @dataclasses.dataclass
 class _Read:
-    """What the reader found in one object: record batches of it (a small row group whole, or one
-    batch of a big one: the unit read ahead), or why it cannot be read."""
+    """What the reader found in source object number ``obj``: record batches of it (a small row
+    group whole, or one batch of a big one: the unit read ahead), or why it cannot be read."""
 
     batch: str
+    obj: int
     rows: list[pa.RecordBatch] = dataclasses.field(default_factory=list)
     problem: Finding | None = None
 
 
-def _read_source(filesystem, source: dict[str, list[tuple[str, str]]]) -> Iterator[_Read]:
-    for batch, entries in source.items():
-        for key, _ in entries:
-            yield from _read_object(filesystem, batch, key)
+def _objects(source: dict[str, list[tuple[str, str]]]) -> list[tuple[str, str]]:
+    """(batch, key) of every source object, in scan order."""
+    return [(batch, key) for batch, entries in source.items() for key, _ in entries]
 
 
-def _read_object(filesystem, batch: str, key: str) -> Iterator[_Read]:
+def _read_source(filesystem, objects: list[tuple[str, str]]) -> Iterator[_Read]:
+    for obj, (batch, key) in enumerate(objects):
+        yield from _read_object(filesystem, batch, obj, key)
+
+
+def _read_object(filesystem, batch: str, obj: int, key: str) -> Iterator[_Read]:
     def problem(code: str, message: str, examples=()) -> _Read:
-        return _Read(batch, problem=Finding(code, "error", batch, message, max(len(examples), 1), list(examples)))
+        return _Read(batch, obj, problem=Finding(code, "error", batch, message, max(len(examples), 1), list(examples)))
 
     try:
         handle = filesystem.open_input_file(key)
@@ -192,7 +198,7 @@ def _read_object(filesystem, batch: str, key: str) -> Iterator[_Read]:
         try:
             for group in range(parquet.num_row_groups):
                 for record_batches in _row_group_batches(parquet, group):
-                    yield _Read(batch, rows=record_batches)
+                    yield _Read(batch, obj, rows=record_batches)
         except (pa.ArrowException, OSError) as err:
             _raise_if_store_failed(err, key)
             yield problem("PARQUET_CORRUPT", f"{key} cannot be read to the end ({err})", [key])
@@ -217,7 +223,7 @@ class _Scan:
         self.findings: list[Finding] = []
         self.writers: dict[str, SplitWriter] = {}
         self.labels = LabelMap()
-        self.ids: set[str] = set()
+        self.duplicates = DuplicateIds()
         self.label_counts: dict[str, collections.Counter] = {}
         self.image_shape: tuple[int, ...] | None = None
         self.first_batch = ""
@@ -231,20 +237,27 @@ class _Scan:
         _merge(self.findings, Finding(code, severity, batch, message, count, list(examples)[:MAX_EXAMPLES]))
 
     def run(self, source: dict[str, list[tuple[str, str]]]) -> None:
-        rows = collections.Counter()
+        objects = _objects(source)
+        rows, object_rows = collections.Counter(), collections.Counter()
         troubled: set[str] = set()
-        for read in read_ahead(_read_source(self.store.arrow_filesystem(), source)):
-            if read.problem:
-                troubled.add(read.batch)
-                _merge(self.findings, read.problem)
-            for record_batch in read.rows:
-                rows[read.batch] += record_batch.num_rows
-                self.check_and_write(read.batch, record_batch)
+        try:
+            for read in read_ahead(_read_source(self.store.arrow_filesystem(), objects)):
+                if read.problem:
+                    troubled.add(read.batch)
+                    _merge(self.findings, read.problem)
+                for record_batch in read.rows:
+                    self.check_and_write(read.batch, record_batch, read.obj, object_rows[read.obj])
+                    rows[read.batch] += record_batch.num_rows
+                    object_rows[read.obj] += record_batch.num_rows
+            self.report_duplicates(objects)
+        finally:
+            self.duplicates.close()
         for batch in source:
             if rows[batch] == 0 and batch not in troubled:
                 self.add("EMPTY_BATCH", batch, "batch has no rows", 0)
 
-    def check_and_write(self, batch: str, record_batch: pa.RecordBatch) -> None:
+    def check_and_write(self, batch: str, record_batch: pa.RecordBatch, obj: int, first_row: int) -> None:
+        """Check rows first_row.. of source object ``obj``; write them if the scan has no error yet."""
         findings, images = check_batch_table(record_batch, batch)
         for finding in findings:
             _merge(self.findings, finding)
@@ -262,23 +275,34 @@ class _Scan:
                      f"batches ({self.labels.kind})", record_batch.num_rows)
             return
         ids = record_batch.column(ID).to_pylist()
-        self.check_duplicates(batch, ids)
+        hashes = id_hashes(ids)
+        self.duplicates.add(hashes, obj, first_row)
         self.label_counts.setdefault(batch, collections.Counter()).update(labels.tolist())
         if not self.has_errors():
-            self.write(batch, record_batch.column(ID), ids, images, labels)
+            self.write(batch, record_batch.column(ID), ids, hashes, images, labels)
 
-    def check_duplicates(self, batch: str, ids: list[str]) -> None:
-        repeated = []
-        for example_id in ids:
-            if example_id in self.ids:
-                repeated.append(example_id)
-            self.ids.add(example_id)
-        if repeated:
-            self.add("DUPLICATE_ID", batch, f"{len(repeated)} example id(s) appeared before", len(repeated),
-                     repeated, severity="warning")
+    def report_duplicates(self, objects: list[tuple[str, str]]) -> None:
+        """One warning per batch that repeats ids seen earlier in the scan, with the first repeats."""
+        by_batch: dict[str, list[tuple[int, Repeats]]] = collections.defaultdict(list)
+        for obj, repeats in self.duplicates.repeats(MAX_EXAMPLES).items():
+            by_batch[objects[obj][0]].append((obj, repeats))
+        for batch, found in by_batch.items():
+            count = sum(repeats.count for _, repeats in found)
+            examples = [i for obj, repeats in found for i in self.ids_at(objects[obj][1], repeats.rows)]
+            self.add("DUPLICATE_ID", batch, f"{count} example id(s) appeared before", count, examples,
+                     severity="warning")
 
-    def write(self, batch: str, id_column: pa.Array, ids: list[str], images: np.ndarray, labels: np.ndarray) -> None:
-        is_test = stable_buckets(ids) < self.test_cut
+    def ids_at(self, key: str, rows: list[int]) -> list[str]:
+        """The ids of a few rows of a source object, read back (only the id column)."""
+        try:
+            with self.store.arrow_filesystem().open_input_file(key) as handle:
+                return [str(i) for i in pq.read_table(handle, columns=[ID]).column(ID).take(rows).to_pylist()]
+        except (pa.ArrowException, OSError):  # a file that fails later on is an error of its own
+            return [f"{key} row {row}" for row in rows]
+
+    def write(self, batch: str, id_column: pa.Array, ids: list[str], hashes: np.ndarray, images: np.ndarray,
+              labels: np.ndarray) -> None:
+        is_test = (hashes % np.uint64(10_000)).astype(np.int64) < self.test_cut
         keep_train = ~is_test
         if batch in self.consumed and self.replay_cut < 10_000:
             keep_train &= stable_buckets(ids, salt="replay:") < self.replay_cut
