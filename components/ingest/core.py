@@ -3,7 +3,8 @@
 of the example id, and publish a snapshot whose manifest (written last) carries per-object sha256.
 
 Incremental: batches the champion was trained on (its card's ``data.batches``, the watermark)
-contribute only a replay sample of their training rows (``replay_fraction`` of every class);
+contribute only a replay sample of their training rows (``replay_fraction`` of every class, and at
+least MIN_REPLAY_PER_CLASS rows of a rare class, so no class drops out of the replay);
 new batches contribute everything. Test rows are always kept, so evaluation sees every one.
 """
 
@@ -20,6 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from components._shared.dataset import (
@@ -38,6 +40,7 @@ READ_ROWS = 2048  # rows per record batch: bounds memory whatever the dataset si
 WHOLE_ROW_GROUP_BYTES = 64 << 20  # a row group up to this size (uncompressed) is read in one go
 MAX_EXAMPLES = 5
 ETAG_WORKERS = 8  # concurrent ETag lookups while fingerprinting the source
+MIN_REPLAY_PER_CLASS = 50  # replayed training rows a class keeps (in expectation) whatever the fraction
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,7 +99,7 @@ def _fingerprint(source: dict, test_fraction: float, replay_fraction: float, con
     body: dict = {"v": CONTRACT_VERSION, "test_fraction": test_fraction,
                   "objects": [list(entry) for entries in source.values() for entry in entries]}
     if replay_fraction < 1.0:  # the window then depends on the watermark too
-        body["replay"] = {"fraction": replay_fraction, "consumed": consumed}
+        body["replay"] = {"fraction": replay_fraction, "consumed": consumed, "min_per_class": MIN_REPLAY_PER_CLASS}
     return hashlib.sha256(json.dumps(body).encode()).hexdigest()[:32]
 
 
@@ -105,6 +108,30 @@ def compute_fingerprint(store: Store, dataset: str, test_fraction: float, replay
     """A fingerprint of the data window from object ETags; cheap (no data is read on S3)."""
     consumed = consumed_batches(store, model) if replay_fraction < 1.0 else []
     return _fingerprint(_source(store, dataset), test_fraction, replay_fraction, consumed)
+
+
+def _label_counts(filesystem, keys: list[str]) -> collections.Counter:
+    """Rows per label value in these objects, reading only the label column. An object that cannot
+    be read is skipped here: the scan reports it."""
+    counts: collections.Counter = collections.Counter()
+    for key in keys:
+        try:
+            with filesystem.open_input_file(key) as handle:
+                for entry in pc.value_counts(pq.read_table(handle, columns=[LABEL]).column(LABEL)).to_pylist():
+                    counts[entry["values"]] += entry["counts"]
+        except (pa.ArrowException, OSError, KeyError) as err:
+            _raise_if_store_failed(err, key)
+    return counts
+
+
+def replay_cuts(label_counts: collections.Counter, fraction: float, test_fraction: float) -> dict:
+    """Per label value, the replay bucket cut (of 10,000): ``fraction`` of its training rows, raised
+    for a rare class to keep MIN_REPLAY_PER_CLASS of them (all, if it has fewer)."""
+    cuts = {}
+    for label, rows in label_counts.items():
+        floor = MIN_REPLAY_PER_CLASS / max(rows * (1.0 - test_fraction), 1.0)
+        cuts[label] = int(round(min(1.0, max(fraction, floor)) * 10_000))
+    return cuts
 
 
 class LabelMap:
@@ -218,8 +245,8 @@ class _Scan:
     """One pass over the source: checks every record batch, streams good rows to the writers.
     Reading runs one row group ahead on a thread (read_ahead), in order."""
 
-    def __init__(self, store: Store, prefix: str, config: IngestConfig, consumed: set[str]):
-        self.store, self.prefix, self.config, self.consumed = store, prefix, config, consumed
+    def __init__(self, store: Store, prefix: str, config: IngestConfig, consumed: set[str], replay: dict):
+        self.store, self.prefix, self.config, self.consumed, self.replay = store, prefix, config, consumed, replay
         self.findings: list[Finding] = []
         self.writers: dict[str, SplitWriter] = {}
         self.labels = LabelMap()
@@ -228,7 +255,6 @@ class _Scan:
         self.image_shape: tuple[int, ...] | None = None
         self.first_batch = ""
         self.test_cut = int(round(config.test_fraction * 10_000))
-        self.replay_cut = int(round(config.replay_fraction * 10_000))
 
     def has_errors(self) -> bool:
         return any(f.severity == "error" for f in self.findings)
@@ -304,11 +330,21 @@ class _Scan:
               labels: np.ndarray) -> None:
         is_test = (hashes % np.uint64(10_000)).astype(np.int64) < self.test_cut
         keep_train = ~is_test
-        if batch in self.consumed and self.replay_cut < 10_000:
-            keep_train &= stable_buckets(ids, salt="replay:") < self.replay_cut
+        if batch in self.consumed and self.replay:
+            keep_train &= stable_buckets(ids, salt="replay:") < self.replay_cuts(labels)
         table = self.to_table(id_column, images, labels, batch)
         for split, mask in (("train", keep_train), ("test", is_test)):
             self.writer(split, table.schema).write_table(table.filter(pa.array(mask)))
+
+    def replay_cuts(self, labels: np.ndarray) -> np.ndarray:
+        """Each row's replay bucket cut, by its class (labels are class indices; cuts are keyed by
+        the label values the source holds)."""
+        default = int(round(self.config.replay_fraction * 10_000))
+        cuts = np.full(int(labels.max()) + 1, default, np.int64)
+        for index in np.unique(labels).tolist():
+            value = index if self.labels.kind == "int" else self.labels.names[index]
+            cuts[index] = self.replay.get(value, default)
+        return cuts[labels]
 
     def writer(self, split: str, schema: pa.Schema) -> SplitWriter:
         if split not in self.writers:
@@ -346,7 +382,12 @@ def ingest(store: Store, config: IngestConfig) -> IngestResult:
     if store.exists(prefix + "manifest.json"):
         return _result(read_manifest(store, fingerprint))
 
-    scan = _Scan(store, prefix, config, set(consumed))
+    replay = {}
+    if consumed:
+        old_keys = [key for batch in consumed for key, _ in source.get(batch, [])]
+        replay = replay_cuts(_label_counts(store.arrow_filesystem(), old_keys), config.replay_fraction,
+                             config.test_fraction)
+    scan = _Scan(store, prefix, config, set(consumed), replay)
     scan.run(source)
     if scan.has_errors() or not scan.writers:
         scan.abort()
@@ -360,7 +401,8 @@ def ingest(store: Store, config: IngestConfig) -> IngestResult:
         "created_at": dt.datetime.now(dt.timezone.utc).isoformat(),
         "batches": {b: [{"key": k, "etag": e} for k, e in entries] for b, entries in source.items()},
         "window": {"new": [b for b in source if b not in consumed], "replayed": [b for b in source if b in consumed],
-                   "replay_fraction": config.replay_fraction},
+                   "replay_fraction": config.replay_fraction,
+                   "replay_share": {str(label): cut / 10_000 for label, cut in sorted(replay.items(), key=lambda item: str(item[0]))}},
         "objects": objects,
         "image_shape": list(scan.image_shape),
         "classes": sorted({c for counts in scan.label_counts.values() for c in counts}),

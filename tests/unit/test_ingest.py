@@ -9,6 +9,7 @@ from components._shared.readahead import read_ahead
 from components._shared.sampledata import SeedConfig, seed_digits
 from components._shared.snapshot import load_split, read_manifest
 from components._shared.store import LocalStore, parquet_bytes
+from components.ingest import core as ingest_core
 from components.ingest.core import IngestConfig, compute_fingerprint, ingest
 from tests.helpers import digits_table, write_batch
 
@@ -194,3 +195,22 @@ def test_big_row_groups_stream_batch_by_batch_into_the_same_snapshot(local_store
     streamed = read_manifest(streamed_store, ingest(streamed_store, IngestConfig()).fingerprint)["objects"]
     assert calls and all(call["batch_size"] == 256 for call in calls)
     assert streamed == whole and whole["train.parquet"]["rows"] + whole["test.parquet"]["rows"] == 1200
+
+
+def test_replay_keeps_a_rare_class_that_the_fraction_would_drop(local_store, tmp_path, monkeypatch):
+    from tests.unit.test_data_checks import publish_champion
+
+    monkeypatch.setattr(ingest_core, "MIN_REPLAY_PER_CLASS", 20)
+    labels = np.array([9 if i % 100 == 0 else i % 2 for i in range(1700)])  # 17 rows of class 9
+    write_batch(local_store, digits_table(1700, prefix="old", labels=labels), "0000")
+    publish_champion(local_store, tmp_path, ingest(local_store, IngestConfig()).fingerprint)
+    write_batch(local_store, digits_table(100, prefix="new"), "0001")
+    result = ingest(local_store, IngestConfig(replay_fraction=0.1))
+    train = load_split(local_store, result.fingerprint, "train")
+    old_train = [(i, y) for i, y in zip(train.ids, train.labels) if i.startswith("old-")]
+    rare_train = [f"old-{i}" for i in range(0, 1700, 100) if not is_test_example(f"old-{i}", 0.2)]
+    assert sorted(i for i, y in old_train if y == 9) == sorted(rare_train)  # all ~14, not 10% of them
+    common = np.bincount([y for _, y in old_train if y != 9], minlength=2)
+    assert np.all((common > 40) & (common < 100)), common  # ~10% of ~670 training rows per class
+    share = read_manifest(local_store, result.fingerprint)["window"]["replay_share"]
+    assert share == {"0": 0.1, "1": 0.1, "9": 1.0}
