@@ -42,6 +42,7 @@ def build_pipeline(settings: ClusterSettings = ClusterSettings()):
         checkpoint_every: int = 50,
         shrink_perturb: bool = False,
         patience: int = 0,
+        distill: float = 0.0,
         min_accuracy: float = 0.8,
         margin: float = 0.01,
         min_agreement: float = 0.7,
@@ -64,7 +65,7 @@ def build_pipeline(settings: ClusterSettings = ClusterSettings()):
         train_task = train(store_uri=store_uri, model_name=model_name, init=init, epochs=epochs,
                            batch_size=batch_size, lr=lr, seed=seed, nproc_per_node=nproc_per_node, run_id=the_run,
                            num_nodes=num_nodes, checkpoint_every=checkpoint_every, shrink_perturb=shrink_perturb,
-                           patience=patience, cluster=settings.trainjob(),
+                           patience=patience, distill=distill, cluster=settings.trainjob(),
                            snapshot=snapshot, validation=validate_task.outputs["report"]).set_display_name("train")
         evaluate_task = evaluate(store_uri=store_uri, model_name=model_name, min_accuracy=min_accuracy,
                                  margin=margin, alpha=alpha, gate_test=gate_test, max_forgetting=max_forgetting,

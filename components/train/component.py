@@ -11,7 +11,7 @@ from components._shared.images import TRAINER_IMAGE
 def train(store_uri: str, model_name: str, init: str, epochs: int, batch_size: int, lr: float, seed: int,
           nproc_per_node: int, run_id: str, snapshot: Input[Dataset], validation: Input[Artifact],
           model: Output[Model], checkpoint_every: int = 0, num_nodes: int = 1, shrink_perturb: bool = False,
-          patience: int = 0, cluster: dict = {}):
+          patience: int = 0, distill: float = 0.0, cluster: dict = {}):
     from components._shared.runtime import step
     from components.train.ddp import train_from_champion
 
@@ -20,7 +20,7 @@ def train(store_uri: str, model_name: str, init: str, epochs: int, batch_size: i
                                    run_id=run_id, nproc_per_node=nproc_per_node, num_nodes=num_nodes,
                                    cluster=cluster, init=init, epochs=epochs, batch_size=batch_size, lr=lr,
                                    seed=seed, checkpoint_every=checkpoint_every, shrink_perturb=shrink_perturb,
-                                   patience=patience)
+                                   patience=patience, distill=distill)
     model.metadata.update({"arch": meta["arch"], "init": meta["init"]["applied"],
                            "parent_version": meta["parent_version"] or "", "framework": "pytorch+onnx",
                            "resumed_from_step": meta["checkpoints"]["resumed_from_step"] or 0})

@@ -53,6 +53,9 @@ class TrainConfig:
     model_name: str = ""  # with init_version: fetch the champion from the registry instead
     init_version: str = ""
     shrink_perturb: bool = False  # warm start only: shrink the weights and add fresh-init noise
+    distill: float = 0.0  # warm start only: weight of KL to the champion's softened outputs, on the
+    #                       rows the champion classifies correctly (mostly the replayed old data); 0 = off
+    distill_temperature: float = 2.0
     patience: int = 0  # early stopping after this many epochs without validation gain; 0 = off
     val_fraction: float = 0.1  # carved from train by a stable hash of the id, when patience > 0
     run_id: str = ""  # names checkpoints/<run-id>/; a restarted worker resumes from there
@@ -73,6 +76,10 @@ class TrainConfig:
             raise ConfigError(f"shuffle_rows {self.shuffle_rows} must be >= 1")
         if self.checkpoint_every and not self.run_id:
             raise ConfigError("checkpoint_every needs a run_id to name checkpoints/<run-id>/")
+        if self.distill < 0 or self.distill_temperature <= 0:
+            raise ConfigError("distill must be >= 0 and distill_temperature > 0")
+        if self.distill and self.shrink_perturb:
+            raise ConfigError("distill and shrink_perturb do not combine: the teacher is the unperturbed champion")
         if self.patience and not 0.0 < self.val_fraction < 1.0:
             raise ConfigError(f"val_fraction {self.val_fraction} must be between 0 and 1")
 
@@ -262,7 +269,11 @@ def train(config: TrainConfig) -> dict | None:
     model.to(device)
     if val_split is not None:
         init["val_accuracy_before"] = _accuracy(model, val_split, device, info)
-    loop = _Loop(model, stream, config, info, device, store)
+    teacher = None
+    if config.distill and init["applied"] == "warm":
+        teacher = _teacher(model)
+        init["distill"] = {"weight": config.distill, "temperature": config.distill_temperature}
+    loop = _Loop(model, stream, config, info, device, store, teacher)
     progress = loop.run(FaultPlan.from_env(os.environ))
     if info.world_size > 1:
         dist.barrier()
@@ -324,6 +335,29 @@ def _champion_classes(config: TrainConfig, meta_path: str) -> list[int]:
     return json.loads(Path(meta_path).read_text()).get("classes", [])
 
 
+def _teacher(model: nn.Module) -> nn.Module:
+    """A frozen copy of the warm-started model (the champion) to distil from."""
+    teacher = copy.deepcopy(model).eval()
+    for param in teacher.parameters():
+        param.requires_grad_(False)
+    return teacher
+
+
+def distillation_loss(logits: torch.Tensor, teacher_logits: torch.Tensor, y: torch.Tensor,
+                      temperature: float) -> torch.Tensor:
+    """Learning without forgetting, gated: KL(teacher || student) at ``temperature`` (times T^2),
+    on the rows the teacher gets right, averaged over the batch. On replayed old rows it keeps the
+    champion's function; on new rows it is silent where the champion is wrong."""
+    keep = teacher_logits.argmax(1) == y
+    if not keep.any():
+        return logits.new_zeros(())
+    t = temperature
+    kl = nn.functional.kl_div(nn.functional.log_softmax(logits[keep].float() / t, 1),
+                              nn.functional.log_softmax(teacher_logits[keep].float() / t, 1),
+                              reduction="sum", log_target=True)
+    return kl * t * t / keep.sum()
+
+
 @torch.no_grad()
 def _accuracy(model: nn.Module, split: Split, device, info: DistInfo) -> float:
     """Accuracy on a held-out split; every rank computes it, rank 0's value is the one all use."""
@@ -343,8 +377,9 @@ def _accuracy(model: nn.Module, split: Split, device, info: DistInfo) -> float:
 class _Loop:
     """The training loop with checkpoints, resume and early stopping. AMP on CUDA only."""
 
-    def __init__(self, model: nn.Module, stream: TrainStream, config: TrainConfig, info: DistInfo, device, store):
-        self.model, self.stream, self.val = model, stream, stream.validation
+    def __init__(self, model: nn.Module, stream: TrainStream, config: TrainConfig, info: DistInfo, device, store,
+                 teacher: nn.Module | None = None):
+        self.model, self.stream, self.val, self.teacher = model, stream, stream.validation, teacher
         self.config, self.info, self.device, self.store = config, info, device, store
         self.net = nn.parallel.DistributedDataParallel(model) if info.world_size > 1 else model
         self.optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
@@ -388,7 +423,13 @@ class _Loop:
         x, y = to_tensor(x.numpy()).to(self.device), y.to(self.device)
         self.optimizer.zero_grad(set_to_none=True)
         with torch.autocast(device_type=self.device.type, enabled=self.amp):
-            loss = self.loss_fn(self.net(x), y)
+            logits = self.net(x)
+            loss = self.loss_fn(logits, y)
+            if self.teacher is not None:
+                with torch.no_grad():
+                    teacher_logits = self.teacher(x)
+                loss = loss + self.config.distill * distillation_loss(logits, teacher_logits, y,
+                                                                      self.config.distill_temperature)
         self.scaler.scale(loss).backward()
         self.scaler.step(self.optimizer)
         self.scaler.update()
@@ -439,7 +480,8 @@ class _Loop:
         """What must match for a checkpoint to be resumed by this run."""
         c = self.config
         return {"fingerprint": c.fingerprint, "batch_size": c.batch_size, "lr": c.lr, "seed": c.seed, "init": c.init,
-                "world_size": self.info.world_size, "loader_workers": c.loader_workers, "shuffle_rows": c.shuffle_rows}
+                "world_size": self.info.world_size, "loader_workers": c.loader_workers, "shuffle_rows": c.shuffle_rows,
+                "distill": c.distill, "distill_temperature": c.distill_temperature}
 
     def _resume(self) -> Progress | None:
         if not self.config.checkpoint_every:

@@ -75,3 +75,43 @@ def test_multi_node_without_a_cluster_fails_with_one_clear_line(seeded_store, tm
                             nproc_per_node=1, num_nodes=2, cluster={"namespace": "ml"})
     assert err.value.code == "NO_CLUSTER" and "num_nodes=1" in err.value.hint
     assert seeded_store.get_json("runs/r1/train/config.json")["output_prefix"] == "runs/r1/train/output/"
+
+
+def test_distillation_is_kl_to_the_teacher_on_the_rows_it_gets_right_only():
+    from components.train.core import distillation_loss
+
+    torch.manual_seed(0)
+    teacher = torch.randn(6, 4)
+    y = teacher.argmax(1).clone()
+    y[3:] = (y[3:] + 1) % 4  # the teacher is wrong on rows 3..5
+    assert distillation_loss(teacher.clone(), teacher, y, 2.0).item() == pytest.approx(0.0, abs=1e-6)
+    student = teacher.clone()
+    student[3:] = torch.randn(3, 4) * 5  # where the teacher is wrong, the student is free
+    assert distillation_loss(student, teacher, y, 2.0).item() == pytest.approx(0.0, abs=1e-6)
+    student[0] = torch.tensor([5.0, -5.0, 5.0, -5.0])
+    assert distillation_loss(student, teacher, y, 2.0).item() > 0.01
+    assert distillation_loss(student, teacher, (teacher.argmax(1) + 1) % 4, 2.0).item() == 0.0  # all wrong
+
+
+@pytest.mark.parametrize("settings", [{"distill": -0.1}, {"distill_temperature": 0.0},
+                                      {"distill": 0.1, "shrink_perturb": True}])
+def test_distill_settings_are_checked(settings):
+    from components._shared.errors import ConfigError
+
+    with pytest.raises(ConfigError):
+        TrainConfig(store_uri="s", fingerprint="f", out_dir="o", **settings)
+
+
+def test_distillation_applies_to_warm_starts_and_is_recorded(seeded_store, tmp_path):
+    from components.train.core import META_FILE, WEIGHTS_FILE
+
+    fingerprint = ingest(seeded_store, IngestConfig()).fingerprint
+    train_in_process(seeded_store, fingerprint, tmp_path / "champion", epochs=1)
+    warm = {"init_weights": str(tmp_path / "champion" / WEIGHTS_FILE),
+            "init_meta": str(tmp_path / "champion" / META_FILE)}
+    distilled = train_in_process(seeded_store, fingerprint, tmp_path / "warm", epochs=1, distill=0.5, **warm)
+    plain = train_in_process(seeded_store, fingerprint, tmp_path / "plain", epochs=1, **warm)
+    scratch = train_in_process(seeded_store, fingerprint, tmp_path / "scratch", epochs=1, distill=0.5, init="scratch")
+    assert distilled["init"]["distill"] == {"weight": 0.5, "temperature": 2.0}
+    assert "distill" not in plain["init"] and "distill" not in scratch["init"]  # no champion to distil from
+    assert distilled["history"][-1]["loss"] != plain["history"][-1]["loss"]  # the term is in the loss
