@@ -397,6 +397,7 @@ class _Loop:
             if progress.stopped_early:
                 break
             skip = progress.step - epoch * self.steps_per_epoch
+            self.epoch_started = time.perf_counter()
             for x, y in self._batches(epoch, skip):
                 self._step(x, y, progress)
                 if progress.step % self.steps_per_epoch == 0:
@@ -443,7 +444,8 @@ class _Loop:
     def _end_epoch(self, progress: Progress) -> None:
         epoch = progress.step // self.steps_per_epoch
         entry = {"epoch": epoch, "step": progress.step, "loss": progress.epoch_loss / max(progress.epoch_seen, 1),
-                 "seconds": progress.epoch_seconds,
+                 "seconds": progress.epoch_seconds,  # in optimizer steps (compute and all-reduce)
+                 "wall_seconds": time.perf_counter() - self.epoch_started,  # and reading the data
                  "examples_per_s": progress.epoch_seen * self.info.world_size / max(progress.epoch_seconds, 1e-9)}
         if self.val is not None:
             entry["val_accuracy"] = _accuracy(self.model, self.val, self.device, self.info)

@@ -137,8 +137,9 @@ def _mean(values) -> float:
 
 
 def step_seconds(history: list[dict]) -> float:
-    timed = history[1:]  # epoch 1 warms up
-    return sum(h["seconds"] for h in timed) / (timed[-1]["step"] - history[0]["step"])
+    """Wall seconds per optimizer step (reading the data included) after epoch 1, which warms up."""
+    timed = history[1:]
+    return sum(h["wall_seconds"] for h in timed) / (timed[-1]["step"] - history[0]["step"])
 
 
 def ddp_step_seconds(store, root: Path, fingerprint: str, nproc: int, repeat: int) -> float:
