@@ -264,8 +264,13 @@ def stable_bucket(example_id: str, buckets: int = 10_000) -> int:
 
 
 def stable_buckets(example_ids: list[str], salt: str = "", buckets: int = 10_000) -> np.ndarray:
-    """``stable_bucket(salt + id)`` of every id: its id hash modulo ``buckets``."""
-    return (id_hashes(example_ids, salt) % np.uint64(buckets)).astype(np.int64)
+    """``stable_bucket(salt + id)`` of every id."""
+    return buckets_of(id_hashes(example_ids, salt), buckets)
+
+
+def buckets_of(hashes: np.ndarray, buckets: int = 10_000) -> np.ndarray:
+    """Split buckets of id hashes: the hash modulo ``buckets``."""
+    return (hashes % np.uint64(buckets)).astype(np.int64)
 
 
 def id_hashes(example_ids: list[str], salt: str = "") -> np.ndarray:

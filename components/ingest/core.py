@@ -25,7 +25,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from components._shared.dataset import (
-    BATCH, ID, IMAGE, LABEL, Finding, check_batch_table, id_hashes, list_batches, pixels_to_array,
+    BATCH, ID, IMAGE, LABEL, Finding, buckets_of, check_batch_table, id_hashes, list_batches, pixels_to_array,
     raise_on_errors, stable_buckets,
 )
 from components._shared.errors import AlreadyExists, ConfigError, DataValidationError, StoreUnavailable
@@ -119,12 +119,12 @@ def _label_counts(filesystem, keys: list[str]) -> collections.Counter:
             with filesystem.open_input_file(key) as handle:
                 for entry in pc.value_counts(pq.read_table(handle, columns=[LABEL]).column(LABEL)).to_pylist():
                     counts[entry["values"]] += entry["counts"]
-        except (pa.ArrowException, OSError, KeyError) as err:
+        except (pa.ArrowException, OSError) as err:
             _raise_if_store_failed(err, key)
     return counts
 
 
-def replay_cuts(label_counts: collections.Counter, fraction: float, test_fraction: float) -> dict:
+def replay_cuts_by_label(label_counts: collections.Counter, fraction: float, test_fraction: float) -> dict:
     """Per label value, the replay bucket cut (of 10,000): ``fraction`` of its training rows, raised
     for a rare class to keep MIN_REPLAY_PER_CLASS of them (all, if it has fewer)."""
     cuts = {}
@@ -328,19 +328,19 @@ class _Scan:
 
     def write(self, batch: str, id_column: pa.Array, ids: list[str], hashes: np.ndarray, images: np.ndarray,
               labels: np.ndarray) -> None:
-        is_test = (hashes % np.uint64(10_000)).astype(np.int64) < self.test_cut
+        is_test = buckets_of(hashes) < self.test_cut
         keep_train = ~is_test
         if batch in self.consumed and self.replay:
-            keep_train &= stable_buckets(ids, salt="replay:") < self.replay_cuts(labels)
+            keep_train &= stable_buckets(ids, salt="replay:") < self.row_replay_cuts(labels)
         table = self.to_table(id_column, images, labels, batch)
         for split, mask in (("train", keep_train), ("test", is_test)):
             self.writer(split, table.schema).write_table(table.filter(pa.array(mask)))
 
-    def replay_cuts(self, labels: np.ndarray) -> np.ndarray:
+    def row_replay_cuts(self, labels: np.ndarray) -> np.ndarray:
         """Each row's replay bucket cut, by its class (labels are class indices; cuts are keyed by
         the label values the source holds)."""
         default = int(round(self.config.replay_fraction * 10_000))
-        cuts = np.full(int(labels.max()) + 1, default, np.int64)
+        cuts = np.full(int(labels.max(initial=0)) + 1, default, np.int64)
         for index in np.unique(labels).tolist():
             value = index if self.labels.kind == "int" else self.labels.names[index]
             cuts[index] = self.replay.get(value, default)
@@ -385,7 +385,7 @@ def ingest(store: Store, config: IngestConfig) -> IngestResult:
     replay = {}
     if consumed:
         old_keys = [key for batch in consumed for key, _ in source.get(batch, [])]
-        replay = replay_cuts(_label_counts(store.arrow_filesystem(), old_keys), config.replay_fraction,
+        replay = replay_cuts_by_label(_label_counts(store.arrow_filesystem(), old_keys), config.replay_fraction,
                              config.test_fraction)
     scan = _Scan(store, prefix, config, set(consumed), replay)
     scan.run(source)
