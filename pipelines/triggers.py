@@ -393,7 +393,7 @@ def drift_report(store: Store, config: MonitorConfig) -> dict | None:
                   "reason": f"no batches under {store.describe(f'traffic/{config.dataset}/')}"}
     else:  # as validate-data decides: KS on the champion's features decides, MMD (seeded) is a second opinion
         representation = champion.representation
-        window = champion.features(images)[representation]
+        window = champion.represent(images)
         feature = drift.feature_drift(champion.reference_for(representation), window, config.p_val)
         result = {"decision": feature["features"]["decision"], "is_drift": feature["features"]["is_drift"],
                   "representation": representation, **feature}

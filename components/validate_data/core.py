@@ -53,6 +53,10 @@ class Champion:
     def reference_for(self, representation: str) -> np.ndarray | None:
         return self.embedding if representation == EMBEDDING else self.reference
 
+    def represent(self, images: np.ndarray) -> np.ndarray:
+        """The images in the representation drift is decided on (the monitor needs no other)."""
+        return self.encoder(images) if self.representation == EMBEDDING else drift.features(images)
+
     def features(self, images: np.ndarray) -> dict[str, np.ndarray]:
         """The images in every representation this champion can compare."""
         found = {PIXELS: drift.features(images)}
