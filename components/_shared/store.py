@@ -43,7 +43,6 @@ _TMP_PREFIX = ".tmp-"  # a local writer's file before its atomic rename
 # A streamed local object is flushed to disk every this many bytes on a background thread, so the
 # fsync before its rename waits for the tail only (a 14 MB snapshot's fsync took ~10 ms of ingest).
 WRITE_BACK_BYTES = 4 << 20
-_WRITE_BACK = ThreadPoolExecutor(max_workers=2, thread_name_prefix="ctp-write-back")
 _ETAG_CACHE = ".etags"  # LocalStore.etag's hashes of unchanged files
 RACY_NS = 100_000_000  # a file changed this close to its hashing may change again unseen: not cached
 
@@ -664,6 +663,7 @@ class _AtomicLocalWriter:
         self._tmp = Path(tmp)
         self._file = os.fdopen(fd, "wb")
         self._unsynced = 0
+        self._syncer: ThreadPoolExecutor | None = None  # the writer's own: no pool shared across forks
         self._write_back: Future | None = None
 
     closed = property(lambda self: self._file.closed)
@@ -682,7 +682,8 @@ class _AtomicLocalWriter:
         self._unsynced += written
         if self._unsynced >= WRITE_BACK_BYTES and (self._write_back is None or self._write_back.done()):
             self._file.flush()
-            self._write_back = _WRITE_BACK.submit(os.fdatasync, self._file.fileno())
+            self._syncer = self._syncer or ThreadPoolExecutor(max_workers=1, thread_name_prefix="ctp-write-back")
+            self._write_back = self._syncer.submit(os.fdatasync, self._file.fileno())
             self._unsynced = 0
         return written
 
@@ -705,6 +706,8 @@ class _AtomicLocalWriter:
                 raise StoreKeyError(f"{self._final} is a folder; a local store cannot hold both")
             os.replace(self._tmp, self._final)
         finally:
+            if self._syncer is not None:
+                self._syncer.shutdown(wait=True)  # never close the file under a running fdatasync
             self._file.close()
             self._tmp.unlink(missing_ok=True)
 
