@@ -258,17 +258,25 @@ def check_labels(table, batch: str) -> list[Finding]:
     return []
 
 
-def stable_bucket(example_id: str, buckets: int = 10_000) -> int:
+BUCKETS = 10_000  # split buckets of the stable id hash: shares are kept to 1/10,000
+
+
+def bucket_cut(share: float) -> int:
+    """The bucket below which an id falls in a ``share`` of all ids (test, replay, validation)."""
+    return int(round(share * BUCKETS))
+
+
+def stable_bucket(example_id: str, buckets: int = BUCKETS) -> int:
     """A split bucket that depends only on the example id, so an example never changes split."""
     return int(stable_buckets([example_id], buckets=buckets)[0])
 
 
-def stable_buckets(example_ids: list[str], salt: str = "", buckets: int = 10_000) -> np.ndarray:
+def stable_buckets(example_ids: list[str], salt: str = "", buckets: int = BUCKETS) -> np.ndarray:
     """``stable_bucket(salt + id)`` of every id."""
     return buckets_of(id_hashes(example_ids, salt), buckets)
 
 
-def buckets_of(hashes: np.ndarray, buckets: int = 10_000) -> np.ndarray:
+def buckets_of(hashes: np.ndarray, buckets: int = BUCKETS) -> np.ndarray:
     """Split buckets of id hashes: the hash modulo ``buckets``."""
     return (hashes % np.uint64(buckets)).astype(np.int64)
 
@@ -282,4 +290,4 @@ def id_hashes(example_ids: list[str], salt: str = "") -> np.ndarray:
 
 
 def is_test_example(example_id: str, test_fraction: float) -> bool:
-    return stable_bucket(example_id) < int(round(test_fraction * 10_000))
+    return stable_bucket(example_id) < bucket_cut(test_fraction)

@@ -25,8 +25,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from components._shared.dataset import (
-    BATCH, ID, IMAGE, LABEL, Finding, buckets_of, check_batch_table, id_hashes, list_batches, pixels_to_array,
-    raise_on_errors, stable_buckets,
+    BATCH, BUCKETS, ID, IMAGE, LABEL, Finding, bucket_cut, buckets_of, check_batch_table, id_hashes, list_batches,
+    pixels_to_array, raise_on_errors, stable_buckets,
 )
 from components._shared.errors import AlreadyExists, ConfigError, DataValidationError, StoreUnavailable
 from components._shared.readahead import read_ahead
@@ -110,28 +110,33 @@ def compute_fingerprint(store: Store, dataset: str, test_fraction: float, replay
     return _fingerprint(_source(store, dataset), test_fraction, replay_fraction, consumed)
 
 
+def _column(filesystem, key: str, name: str) -> pa.ChunkedArray:
+    """One column of a source object, read alone."""
+    with filesystem.open_input_file(key) as handle:
+        return pq.read_table(handle, columns=[name]).column(name)
+
+
 def _label_counts(filesystem, keys: list[str]) -> collections.Counter:
     """Rows per label value in these objects, reading only the label column. An object that cannot
     be read is skipped here: the scan reports it."""
     counts: collections.Counter = collections.Counter()
     for key in keys:
         try:
-            with filesystem.open_input_file(key) as handle:
-                for entry in pc.value_counts(pq.read_table(handle, columns=[LABEL]).column(LABEL)).to_pylist():
-                    counts[entry["values"]] += entry["counts"]
+            for entry in pc.value_counts(_column(filesystem, key, LABEL)).to_pylist():
+                counts[entry["values"]] += entry["counts"]
         except (pa.ArrowException, OSError) as err:
             _raise_if_store_failed(err, key)
     return counts
 
 
-def replay_cuts_by_label(label_counts: collections.Counter, fraction: float, test_fraction: float) -> dict:
-    """Per label value, the replay bucket cut (of 10,000): ``fraction`` of its training rows, raised
-    for a rare class to keep MIN_REPLAY_PER_CLASS of them (all, if it has fewer)."""
-    cuts = {}
+def replay_shares(label_counts: collections.Counter, fraction: float, test_fraction: float) -> dict:
+    """Per label value, the share of its old training rows the replay keeps: ``fraction``, raised
+    for a rare class to keep MIN_REPLAY_PER_CLASS of them (all, if it has fewer); to 1/BUCKETS."""
+    shares = {}
     for label, rows in label_counts.items():
         floor = MIN_REPLAY_PER_CLASS / max(rows * (1.0 - test_fraction), 1.0)
-        cuts[label] = int(round(min(1.0, max(fraction, floor)) * 10_000))
-    return cuts
+        shares[label] = bucket_cut(min(1.0, max(fraction, floor))) / BUCKETS
+    return shares
 
 
 class LabelMap:
@@ -254,7 +259,7 @@ class _Scan:
         self.label_counts: dict[str, collections.Counter] = {}
         self.image_shape: tuple[int, ...] | None = None
         self.first_batch = ""
-        self.test_cut = int(round(config.test_fraction * 10_000))
+        self.test_cut = bucket_cut(config.test_fraction)
 
     def has_errors(self) -> bool:
         return any(f.severity == "error" for f in self.findings)
@@ -321,8 +326,7 @@ class _Scan:
     def ids_at(self, key: str, rows: list[int]) -> list[str]:
         """The ids of a few rows of a source object, read back (only the id column)."""
         try:
-            with self.store.arrow_filesystem().open_input_file(key) as handle:
-                return [str(i) for i in pq.read_table(handle, columns=[ID]).column(ID).take(rows).to_pylist()]
+            return [str(i) for i in _column(self.store.arrow_filesystem(), key, ID).take(rows).to_pylist()]
         except (pa.ArrowException, OSError):  # a file that fails later on is an error of its own
             return [f"{key} row {row}" for row in rows]
 
@@ -337,13 +341,12 @@ class _Scan:
             self.writer(split, table.schema).write_table(table.filter(pa.array(mask)))
 
     def row_replay_cuts(self, labels: np.ndarray) -> np.ndarray:
-        """Each row's replay bucket cut, by its class (labels are class indices; cuts are keyed by
-        the label values the source holds)."""
-        default = int(round(self.config.replay_fraction * 10_000))
-        cuts = np.full(int(labels.max(initial=0)) + 1, default, np.int64)
+        """Each row's replay bucket cut, by its class (labels are class indices; shares are keyed
+        by the label values the source holds)."""
+        cuts = np.full(int(labels.max(initial=0)) + 1, bucket_cut(self.config.replay_fraction), np.int64)
         for index in np.unique(labels).tolist():
             value = index if self.labels.kind == "int" else self.labels.names[index]
-            cuts[index] = self.replay.get(value, default)
+            cuts[index] = bucket_cut(self.replay.get(value, self.config.replay_fraction))
         return cuts[labels]
 
     def writer(self, split: str, schema: pa.Schema) -> SplitWriter:
@@ -385,8 +388,8 @@ def ingest(store: Store, config: IngestConfig) -> IngestResult:
     replay = {}
     if consumed:
         old_keys = [key for batch in consumed for key, _ in source.get(batch, [])]
-        replay = replay_cuts_by_label(_label_counts(store.arrow_filesystem(), old_keys), config.replay_fraction,
-                             config.test_fraction)
+        replay = replay_shares(_label_counts(store.arrow_filesystem(), old_keys), config.replay_fraction,
+                               config.test_fraction)
     scan = _Scan(store, prefix, config, set(consumed), replay)
     scan.run(source)
     if scan.has_errors() or not scan.writers:
@@ -402,7 +405,7 @@ def ingest(store: Store, config: IngestConfig) -> IngestResult:
         "batches": {b: [{"key": k, "etag": e} for k, e in entries] for b, entries in source.items()},
         "window": {"new": [b for b in source if b not in consumed], "replayed": [b for b in source if b in consumed],
                    "replay_fraction": config.replay_fraction,
-                   "replay_share": {str(label): cut / 10_000 for label, cut in sorted(replay.items(), key=lambda item: str(item[0]))}},
+                   "replay_share": {str(label): replay[label] for label in sorted(replay, key=str)}},
         "objects": objects,
         "image_shape": list(scan.image_shape),
         "classes": sorted({c for counts in scan.label_counts.values() for c in counts}),

@@ -30,7 +30,7 @@ import pyarrow as pa
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
-from components._shared.dataset import ID, IMAGE, LABEL, decode_images, stable_buckets
+from components._shared.dataset import ID, IMAGE, LABEL, bucket_cut, decode_images, stable_buckets
 from components._shared.errors import DataValidationError
 from components._shared.snapshot import Split, SplitFile, split_from_table
 from components._shared.store import Store
@@ -43,7 +43,7 @@ VALIDATION_SEED = 0  # the validation sample does not change with the training s
 def validation_mask(ids: list[str], fraction: float) -> np.ndarray:
     """True where an id is in the validation carve: a stable hash of the id, salted so it is
     independent of the test split, so an example never moves between training and validation."""
-    return stable_buckets(ids, salt="validation:") < int(round(fraction * 10_000))
+    return stable_buckets(ids, salt="validation:") < bucket_cut(fraction)
 
 
 def worker_share(batches: int, worker: int, workers: int) -> range:
