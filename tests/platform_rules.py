@@ -70,6 +70,7 @@ KFP_TOKEN_AUDIENCE = "pipelines.kubeflow.org"
 KFP_CLIENT_RBAC = {
     "get_pipeline_id": {("pipelines", "list")},
     "list_pipeline_versions": {("pipelines", "list")},
+    "get_pipeline_version": {("pipelines", "get")},
     "upload_pipeline": {("pipelines", "create")},
     "upload_pipeline_version": {("pipelines", "create")},
     "create_experiment": {("experiments", "list"), ("experiments", "create")},

@@ -57,6 +57,7 @@ def kustomize_with(tmp: Path, overlay: str, components: list[str]) -> list[dict]
     """An overlay plus extra components, as an admin's own kustomization would add them."""
     tmp.mkdir(parents=True, exist_ok=True)
     k = {"apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization",
+         "namespace": OVERLAYS_EXPECTED[overlay][0],
          "resources": [os.path.relpath(OVERLAYS / overlay, tmp)],
          "components": [os.path.relpath(COMPONENTS / c, tmp) for c in components]}
     (tmp / "kustomization.yaml").write_text(yaml.safe_dump(k))
