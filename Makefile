@@ -5,9 +5,9 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 export CTP_STORE ?= ./.ctp-store
 
-.PHONY: help install run compile test test-fast bench lint clean
+.PHONY: help install run compile compile-golden test test-fast bench lint format clean
 help:  ## list targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | sort
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | sort
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,10 +25,21 @@ run: install  ## seed sample data if the store is empty, then run the pipeline l
 compile: install  ## write the KFP pipeline YAML to dist/
 	$(BIN)/ctp compile -o dist/continuous_training.yaml
 
-test: install  ## the whole test suite
+compile-golden: install  ## rewrite tests/pipelines/golden/continuous_training.yaml after a deliberate IR change
+	$(BIN)/python -m tests.pipelines.test_golden
+
+lint: install  ## ruff: lint and format check (seconds; `make test` runs it first)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: install  ## ruff: fix what can be fixed and format
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+test: lint  ## lint, then the whole test suite
 	$(BIN)/python -m pytest
 
-test-fast: install  ## everything but the slow (whole-pipeline, multi-process) tests
+test-fast: lint  ## lint, then everything but the slow (whole-pipeline, multi-process) tests
 	$(BIN)/python -m pytest -m "not slow"
 
 bench: install  ## benchmarks: ratios measured side by side in one run

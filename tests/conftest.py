@@ -14,6 +14,14 @@ from components._shared.store import LocalStore, S3Settings, S3Store
 TEST_ACCESS_KEY, TEST_SECRET_KEY = "ctp-test-access", "ctp-test-secret"
 
 
+def _serialized(original, lock):
+    def serialized(self, *args, **kwargs):
+        with lock:
+            return original(self, *args, **kwargs)
+
+    return serialized
+
+
 def _atomic_conditional_writes() -> None:
     """moto checks If-Match / If-None-Match and then writes, with no lock between (a check-then-act
     race that S3 and MinIO do not have): two racing conditional PUTs could both win, and the
@@ -26,10 +34,7 @@ def _atomic_conditional_writes() -> None:
         return
     lock = threading.Lock()
     for name in ("_key_response_put", "_key_response_post", "_key_response_delete"):
-        def serialized(self, *args, _original=getattr(S3Response, name), **kwargs):
-            with lock:
-                return _original(self, *args, **kwargs)
-        setattr(S3Response, name, serialized)
+        setattr(S3Response, name, _serialized(getattr(S3Response, name), lock))
     S3Response._ctp_serialized = True
 
 
@@ -92,7 +97,8 @@ def trained_models(tmp_path_factory):
     (3 epochs, different seeds), `weak` (1 epoch at lr 1e-4) and `untrained` (lr 1e-6)."""
     import types
 
-    from components.ingest.core import IngestConfig, ingest
+    from components.ingest.config import IngestConfig
+    from components.ingest.core import ingest
     from tests.helpers import train_in_process
 
     root = tmp_path_factory.mktemp("trained")

@@ -12,14 +12,15 @@ from components._shared.store import Store, parquet_bytes
 
 def digits_table(n: int = 40, *, offset: int = 0, prefix: str = "x", shape=None, labels=None) -> pa.Table:
     images, y = load_digits_uint8()
-    images, y = images[offset:offset + n], y[offset:offset + n]
+    images, y = images[offset : offset + n], y[offset : offset + n]
     if shape is not None:
         images = np.zeros((n, *shape), np.uint8)
     image_array, field = images_to_array(images)
     y = y if labels is None else labels
     return pa.Table.from_arrays(
         [pa.array([f"{prefix}-{i}" for i in range(n)]), image_array, pa.array(y, pa.int64())],
-        schema=pa.schema([pa.field(ID, pa.string()), field, pa.field(LABEL, pa.int64())]))
+        schema=pa.schema([pa.field(ID, pa.string()), field, pa.field(LABEL, pa.int64())]),
+    )
 
 
 def write_batch(store: Store, table: pa.Table, batch: str, dataset: str = "digits", kind: str = "datasets") -> str:
@@ -30,8 +31,13 @@ def write_batch(store: Store, table: pa.Table, batch: str, dataset: str = "digit
 
 def train_in_process(store: Store, fingerprint: str, out_dir, **overrides) -> dict:
     """One-process training (the same code path torchrun runs on every rank)."""
-    from components.train.core import TrainConfig, train
+    from components.train.config import TrainConfig
+    from components.train.core import train
 
-    config = TrainConfig(store_uri=store.uri, fingerprint=fingerprint, out_dir=str(out_dir),
-                         **{"epochs": 3, **overrides})
+    config = TrainConfig(
+        store_uri=store.uri,
+        fingerprint=fingerprint,
+        out_dir=str(out_dir),
+        **{"epochs": 3, "checkpoint_every": 0, **overrides},
+    )
     return train(config)

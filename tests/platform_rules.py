@@ -106,9 +106,19 @@ PROFILE_EDITOR_SA = "default-editor"
 # ----------------------------------------------------------------------------- Trainer (v2.3.0)
 # pkg/apis/trainer/v1alpha1/trainjob_types.go PodSpecPatch: what a TrainJob runtimePatch may set
 # on pods. No priorityClassName: that must come from the (Cluster)TrainingRuntime.
-TRAINJOB_POD_PATCH_FIELDS = {"serviceAccountName", "volumes", "initContainers", "containers",
-                             "imagePullSecrets", "securityContext", "nodeSelector", "affinity",
-                             "tolerations", "schedulingGates", "terminationGracePeriodSeconds"}
+TRAINJOB_POD_PATCH_FIELDS = {
+    "serviceAccountName",
+    "volumes",
+    "initContainers",
+    "containers",
+    "imagePullSecrets",
+    "securityContext",
+    "nodeSelector",
+    "affinity",
+    "tolerations",
+    "schedulingGates",
+    "terminationGracePeriodSeconds",
+}
 
 # ----------------------------------------------------------------------------- KServe (v0.15.2)
 # pkg/apis/serving/v1beta1/component.go: ComponentExtensionSpec.labels "will be added to the
@@ -120,16 +130,45 @@ KSERVE_S3_ACTIONS = {"s3:ListBucket", "s3:GetObject"}
 
 # ----------------------------------------------------------------------------- Pod Security
 # The published checks, policy version v1.32. Baseline:
-BASELINE_CAPABILITIES = {"AUDIT_WRITE", "CHOWN", "DAC_OVERRIDE", "FOWNER", "FSETID", "KILL", "MKNOD",
-                         "NET_BIND_SERVICE", "SETFCAP", "SETGID", "SETPCAP", "SETUID", "SYS_CHROOT"}
-SAFE_SYSCTLS = {"kernel.shm_rmid_forced", "net.ipv4.ip_local_port_range", "net.ipv4.ip_unprivileged_port_start",
-                "net.ipv4.tcp_syncookies", "net.ipv4.ping_group_range", "net.ipv4.ip_local_reserved_ports",
-                "net.ipv4.tcp_keepalive_time", "net.ipv4.tcp_fin_timeout", "net.ipv4.tcp_keepalive_intvl",
-                "net.ipv4.tcp_keepalive_probes"}
+BASELINE_CAPABILITIES = {
+    "AUDIT_WRITE",
+    "CHOWN",
+    "DAC_OVERRIDE",
+    "FOWNER",
+    "FSETID",
+    "KILL",
+    "MKNOD",
+    "NET_BIND_SERVICE",
+    "SETFCAP",
+    "SETGID",
+    "SETPCAP",
+    "SETUID",
+    "SYS_CHROOT",
+}
+SAFE_SYSCTLS = {
+    "kernel.shm_rmid_forced",
+    "net.ipv4.ip_local_port_range",
+    "net.ipv4.ip_unprivileged_port_start",
+    "net.ipv4.tcp_syncookies",
+    "net.ipv4.ping_group_range",
+    "net.ipv4.ip_local_reserved_ports",
+    "net.ipv4.tcp_keepalive_time",
+    "net.ipv4.tcp_fin_timeout",
+    "net.ipv4.tcp_keepalive_intvl",
+    "net.ipv4.tcp_keepalive_probes",
+}
 SELINUX_TYPES = {"", "container_t", "container_init_t", "container_kvm_t", "container_engine_t"}
 # Restricted adds:
-RESTRICTED_VOLUME_TYPES = {"configMap", "csi", "downwardAPI", "emptyDir", "ephemeral",
-                           "persistentVolumeClaim", "projected", "secret"}
+RESTRICTED_VOLUME_TYPES = {
+    "configMap",
+    "csi",
+    "downwardAPI",
+    "emptyDir",
+    "ephemeral",
+    "persistentVolumeClaim",
+    "projected",
+    "secret",
+}
 RESTRICTED_ADD_CAPABILITIES = {"NET_BIND_SERVICE"}
 
 
@@ -152,13 +191,15 @@ def baseline_violations(pod_spec: dict, where: str = "pod", annotations: dict | 
             out.append(f"{where}: hostPath volume {vol.get('name')}")
     for name, value in (annotations or {}).items():
         if name.startswith("container.apparmor.security.beta.kubernetes.io/") and not (
-                value == "runtime/default" or value.startswith("localhost/")):
+            value == "runtime/default" or value.startswith("localhost/")
+        ):
             out.append(f"{where}: AppArmor annotation {name}={value}")
     for sysctl in psc.get("sysctls") or []:
         if sysctl.get("name") not in SAFE_SYSCTLS:
             out.append(f"{where}: unsafe sysctl {sysctl.get('name')}")
-    contexts = [(where, psc)] + [(f"{where} container {c.get('name')}", c.get("securityContext") or {})
-                                 for c in pod_containers(pod_spec)]
+    contexts = [(where, psc)] + [
+        (f"{where} container {c.get('name')}", c.get("securityContext") or {}) for c in pod_containers(pod_spec)
+    ]
     for w, sc in contexts:
         if (sc.get("appArmorProfile") or {}).get("type") not in (None, "RuntimeDefault", "Localhost"):
             out.append(f"{w}: appArmorProfile {sc['appArmorProfile']}")
@@ -243,17 +284,30 @@ def selector_matches(selector: dict | None, labels: dict) -> bool:
     return True
 
 
-def egress_allows(policies: list[dict], pod_labels: dict, pod_namespace: str, *, peer_labels: dict | None,
-                  peer_namespace: str | None, peer_namespace_labels: dict | None = None, port: int,
-                  protocol: str = "TCP", peer_ip: str | None = None) -> bool:
+def egress_allows(
+    policies: list[dict],
+    pod_labels: dict,
+    pod_namespace: str,
+    *,
+    peer_labels: dict | None,
+    peer_namespace: str | None,
+    peer_namespace_labels: dict | None = None,
+    port: int,
+    protocol: str = "TCP",
+    peer_ip: str | None = None,
+) -> bool:
     """Would NetworkPolicies (all in pod_namespace) let a pod with pod_labels open a connection to
     the peer's POD port? Semantics of networking.k8s.io/v1: a pod no Egress policy selects is not
     isolated (everything allowed); otherwise the union of the selecting policies' rules."""
     import ipaddress
 
-    selecting = [p for p in policies if "Egress" in p["spec"].get("policyTypes", ["Ingress"])
-                 and p["metadata"].get("namespace") == pod_namespace
-                 and selector_matches(p["spec"].get("podSelector", {}), pod_labels)]
+    selecting = [
+        p
+        for p in policies
+        if "Egress" in p["spec"].get("policyTypes", ["Ingress"])
+        and p["metadata"].get("namespace") == pod_namespace
+        and selector_matches(p["spec"].get("podSelector", {}), pod_labels)
+    ]
     if not selecting:
         return True
     ns_labels = dict(peer_namespace_labels or {})
@@ -274,7 +328,8 @@ def egress_allows(policies: list[dict], pod_labels: dict, pod_namespace: str, *,
                     block = peer["ipBlock"]
                     ip = ipaddress.ip_address(peer_ip)
                     if ip in ipaddress.ip_network(block["cidr"]) and not any(
-                            ip in ipaddress.ip_network(e) for e in block.get("except") or []):
+                        ip in ipaddress.ip_network(e) for e in block.get("except") or []
+                    ):
                         return True
                     continue
                 if peer_labels is None:

@@ -62,9 +62,9 @@ def list_batches(store: Store, dataset: str, kind: str = "datasets") -> dict[str
     prefix = dataset_prefix(dataset, kind)
     batches: dict[str, list[str]] = {}
     for key in store.list(prefix):
-        part = key[len(prefix):].split("/", 1)[0]
+        part = key[len(prefix) :].split("/", 1)[0]
         if part.startswith("batch=") and key.endswith(".parquet"):
-            batches.setdefault(part[len("batch="):], []).append(key)
+            batches.setdefault(part[len("batch=") :], []).append(key)
     return dict(sorted(batches.items()))
 
 
@@ -120,8 +120,15 @@ def check_images(table: pa.Table | pa.RecordBatch, batch: str) -> tuple[list[Fin
         return _check_pixel_images(column, field, table, batch)
     if pa.types.is_binary(field.type) or pa.types.is_large_binary(field.type):
         return _check_encoded_images(column, table, batch)
-    return [Finding("IMAGE_DTYPE", "error", batch, f"image column has type {field.type}; expected bytes or a "
-                    "uint8 list", len(column))], None
+    return [
+        Finding(
+            "IMAGE_DTYPE",
+            "error",
+            batch,
+            f"image column has type {field.type}; expected bytes or a uint8 list",
+            len(column),
+        )
+    ], None
 
 
 def _ids(table, rows: np.ndarray) -> list:
@@ -136,14 +143,25 @@ def _check_array_images(column, field, table, batch) -> tuple[list[Finding], np.
     except ValueError as err:
         return [Finding("IMAGE_SHAPE", "error", batch, str(err), len(column))], None
     if shape is None:
-        return [Finding("IMAGE_UNDECODABLE", "error", batch, "array images need field metadata ctp.shape=H,W,C",
-                        len(column))], None
+        return [
+            Finding(
+                "IMAGE_UNDECODABLE", "error", batch, "array images need field metadata ctp.shape=H,W,C", len(column)
+            )
+        ], None
     size = shape[0] * shape[1] * shape[2]
     lengths = pc.list_value_length(column).to_numpy(zero_copy_only=False)
     bad = np.flatnonzero((lengths != size) | np.asarray(column.is_null()))
     if bad.size:
-        return [Finding("IMAGE_SHAPE", "error", batch, f"{bad.size} image(s) do not hold the declared shape "
-                        f"{shape}", int(bad.size), _ids(table, bad))], None
+        return [
+            Finding(
+                "IMAGE_SHAPE",
+                "error",
+                batch,
+                f"{bad.size} image(s) do not hold the declared shape {shape}",
+                int(bad.size),
+                _ids(table, bad),
+            )
+        ], None
     flat = column.flatten().to_numpy(zero_copy_only=False).reshape(len(column), size)
     if flat.dtype == np.uint8:  # the common case: every value is a valid pixel by its type
         return [], flat.reshape((len(column), *shape))
@@ -151,13 +169,29 @@ def _check_array_images(column, field, table, batch) -> tuple[list[Finding], np.
     if flat.dtype.kind == "f":
         nan_rows = np.flatnonzero(~np.isfinite(flat).all(axis=1))
         if nan_rows.size:
-            findings.append(Finding("IMAGE_NAN", "error", batch, f"{nan_rows.size} image(s) contain NaN or Inf",
-                                    int(nan_rows.size), _ids(table, nan_rows)))
+            findings.append(
+                Finding(
+                    "IMAGE_NAN",
+                    "error",
+                    batch,
+                    f"{nan_rows.size} image(s) contain NaN or Inf",
+                    int(nan_rows.size),
+                    _ids(table, nan_rows),
+                )
+            )
     with np.errstate(invalid="ignore"):
         out_of_range = np.flatnonzero(((flat < 0) | (flat > 255)).any(axis=1))
     if out_of_range.size:
-        findings.append(Finding("IMAGE_RANGE", "error", batch, f"{out_of_range.size} image(s) have values "
-                                "outside 0..255", int(out_of_range.size), _ids(table, out_of_range)))
+        findings.append(
+            Finding(
+                "IMAGE_RANGE",
+                "error",
+                batch,
+                f"{out_of_range.size} image(s) have values outside 0..255",
+                int(out_of_range.size),
+                _ids(table, out_of_range),
+            )
+        )
     if findings:
         return findings, None
     return [], flat.astype(np.uint8, copy=False).reshape((len(column), *shape))
@@ -169,14 +203,29 @@ def _check_pixel_images(column, field, table, batch) -> tuple[list[Finding], np.
     except ValueError as err:  # a declared shape that is huge or not H,W,C
         return [Finding("IMAGE_SHAPE", "error", batch, str(err), len(column))], None
     if field.type.byte_width != shape[0] * shape[1] * shape[2]:
-        return [Finding("IMAGE_SHAPE", "error", batch, f"{field.type.byte_width} bytes per image do not hold "
-                        f"the declared shape {shape}", len(column))], None
+        return [
+            Finding(
+                "IMAGE_SHAPE",
+                "error",
+                batch,
+                f"{field.type.byte_width} bytes per image do not hold the declared shape {shape}",
+                len(column),
+            )
+        ], None
     if column.null_count:
         rows = np.flatnonzero(np.asarray(column.is_null()))
-        return [Finding("IMAGE_UNDECODABLE", "error", batch, f"{column.null_count} image(s) are null",
-                        column.null_count, _ids(table, rows))], None
+        return [
+            Finding(
+                "IMAGE_UNDECODABLE",
+                "error",
+                batch,
+                f"{column.null_count} image(s) are null",
+                column.null_count,
+                _ids(table, rows),
+            )
+        ], None
     width = field.type.byte_width
-    data = np.frombuffer(column.buffers()[1], np.uint8)[column.offset * width:(column.offset + len(column)) * width]
+    data = np.frombuffer(column.buffers()[1], np.uint8)[column.offset * width : (column.offset + len(column)) * width]
     return [], data.reshape((len(column), *shape))
 
 
@@ -190,14 +239,30 @@ def _check_encoded_images(column, table, batch) -> tuple[list[Finding], np.ndarr
             reasons.append(str(err))
     if bad:
         rows = np.asarray(bad)
-        return [Finding("IMAGE_UNDECODABLE", "error", batch, f"{len(bad)} image(s) cannot be decoded "
-                        f"(first: {reasons[0][:120]})", len(bad), _ids(table, rows))], None
+        return [
+            Finding(
+                "IMAGE_UNDECODABLE",
+                "error",
+                batch,
+                f"{len(bad)} image(s) cannot be decoded (first: {reasons[0][:120]})",
+                len(bad),
+                _ids(table, rows),
+            )
+        ], None
     shapes = collections.Counter(img.shape for img in decoded)
     if len(shapes) > 1:
         common = shapes.most_common(1)[0][0]
         rows = np.asarray([i for i, img in enumerate(decoded) if img.shape != common])
-        return [Finding("IMAGE_SHAPE", "error", batch, f"{rows.size} image(s) differ from the batch's shape "
-                        f"{common}", int(rows.size), _ids(table, rows))], None
+        return [
+            Finding(
+                "IMAGE_SHAPE",
+                "error",
+                batch,
+                f"{rows.size} image(s) differ from the batch's shape {common}",
+                int(rows.size),
+                _ids(table, rows),
+            )
+        ], None
     if not decoded:
         return [], np.zeros((0, 1, 1, 1), np.uint8)
     return [], np.stack(decoded)
@@ -215,18 +280,23 @@ def _decode_encoded(data: bytes | None) -> np.ndarray:
     return array[..., None] if array.ndim == 2 else array
 
 
-def check_batch_table(table: pa.Table | pa.RecordBatch, batch: str, *,
-                      labelled: bool = True) -> tuple[list[Finding], np.ndarray | None]:
+def check_batch_table(
+    table: pa.Table | pa.RecordBatch, batch: str, *, labelled: bool = True
+) -> tuple[list[Finding], np.ndarray | None]:
     """Every problem that makes rows unusable (each an error), and the decoded images if none."""
     required = [ID, IMAGE, LABEL] if labelled else [ID, IMAGE]
     missing = [c for c in required if c not in table.column_names]
     if missing:
-        return [Finding("MISSING_COLUMN", "error", batch, f"missing column(s) {', '.join(missing)}",
-                        len(missing), missing)], None
+        return [
+            Finding("MISSING_COLUMN", "error", batch, f"missing column(s) {', '.join(missing)}", len(missing), missing)
+        ], None
     findings = []
     if table.column(ID).null_count:
-        findings.append(Finding("ID_NULL", "error", batch, f"{table.column(ID).null_count} id(s) are null",
-                                table.column(ID).null_count))
+        findings.append(
+            Finding(
+                "ID_NULL", "error", batch, f"{table.column(ID).null_count} id(s) are null", table.column(ID).null_count
+            )
+        )
     if labelled:
         findings += check_labels(table, batch)
     image_findings, images = check_images(table, batch)
@@ -237,24 +307,55 @@ def check_labels(table, batch: str) -> list[Finding]:
     column = table.column(LABEL)
     if column.null_count:
         rows = np.flatnonzero(np.asarray(column.is_null()))
-        return [Finding("LABEL_NULL", "error", batch, f"{column.null_count} label(s) are null", column.null_count,
-                        _ids(table, rows))]
+        return [
+            Finding(
+                "LABEL_NULL",
+                "error",
+                batch,
+                f"{column.null_count} label(s) are null",
+                column.null_count,
+                _ids(table, rows),
+            )
+        ]
     if pa.types.is_floating(column.type):
         values = column.to_numpy(zero_copy_only=False)
         nan_rows = np.flatnonzero(~np.isfinite(values))
         if nan_rows.size:
-            return [Finding("LABEL_NAN", "error", batch, f"{nan_rows.size} label(s) are NaN or Inf",
-                            int(nan_rows.size), _ids(table, nan_rows))]
+            return [
+                Finding(
+                    "LABEL_NAN",
+                    "error",
+                    batch,
+                    f"{nan_rows.size} label(s) are NaN or Inf",
+                    int(nan_rows.size),
+                    _ids(table, nan_rows),
+                )
+            ]
     if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
         return []
     if not pa.types.is_integer(column.type):
-        return [Finding("LABEL_DTYPE", "error", batch, f"label column has type {column.type}; expected integer "
-                        "or string", len(column))]
+        return [
+            Finding(
+                "LABEL_DTYPE",
+                "error",
+                batch,
+                f"label column has type {column.type}; expected integer or string",
+                len(column),
+            )
+        ]
     labels = column.to_numpy(zero_copy_only=False)
     negative = np.flatnonzero(labels < 0)
     if negative.size:
-        return [Finding("LABEL_DOMAIN", "error", batch, f"{negative.size} label(s) are negative",
-                        int(negative.size), sorted(set(labels[negative].tolist()))[:5])]
+        return [
+            Finding(
+                "LABEL_DOMAIN",
+                "error",
+                batch,
+                f"{negative.size} label(s) are negative",
+                int(negative.size),
+                sorted(set(labels[negative].tolist()))[:5],
+            )
+        ]
     return []
 
 

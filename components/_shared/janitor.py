@@ -42,15 +42,22 @@ def _orphans(modified: dict[str, dt.datetime], depth: int, marker: str, cutoff: 
         parts = key.split("/")
         if len(parts) > depth:
             groups.setdefault("/".join(parts[:depth]) + "/", []).append(key)
-    return {folder: keys for folder, keys in groups.items()
-            if folder + marker not in modified and max(modified[k] for k in keys) < cutoff}
+    return {
+        folder: keys
+        for folder, keys in groups.items()
+        if folder + marker not in modified and max(modified[k] for k in keys) < cutoff
+    }
 
 
 def sweep(store: Store, older_than: dt.timedelta, *, dry_run: bool = False) -> Sweep:
-    cutoff = dt.datetime.now(dt.timezone.utc) - older_than
+    cutoff = dt.datetime.now(dt.UTC) - older_than
     uploads = store.stale_uploads(older_than)
-    versions = _orphans({k: t for k, t in store.list_modified("models/").items() if k.split("/")[2:3] == ["versions"]},
-                        4, "card.json", cutoff)
+    versions = _orphans(
+        {k: t for k, t in store.list_modified("models/").items() if k.split("/")[2:3] == ["versions"]},
+        4,
+        "card.json",
+        cutoff,
+    )
     snapshots = _orphans(store.list_modified("snapshots/"), 2, "manifest.json", cutoff)
     doomed = [key for keys in (*versions.values(), *snapshots.values()) for key in keys]
     if not dry_run:
@@ -58,5 +65,10 @@ def sweep(store: Store, older_than: dt.timedelta, *, dry_run: bool = False) -> S
             store.abort_upload(upload)
         for key in doomed:
             store.delete(key)
-    return Sweep(uploads=[f"{u.key} {u.upload_id}" for u in uploads], versions=sorted(versions),
-                 snapshots=sorted(snapshots), objects_deleted=0 if dry_run else len(doomed), dry_run=dry_run)
+    return Sweep(
+        uploads=[f"{u.key} {u.upload_id}" for u in uploads],
+        versions=sorted(versions),
+        snapshots=sorted(snapshots),
+        objects_deleted=0 if dry_run else len(doomed),
+        dry_run=dry_run,
+    )

@@ -24,8 +24,10 @@ _CODE_CARRIERS = {b"\x80": "a pickle", b"PK\x03\x04": "a zip (torch.save) archiv
 
 
 def _refuse(name: str, why: str) -> UnsafeArtifactError:
-    return UnsafeArtifactError(f"{name}: {why}; refused without loading it",
-                               hint="weights travel as safetensors and arrays as plain .npy, never as pickles")
+    return UnsafeArtifactError(
+        f"{name}: {why}; refused without loading it",
+        hint="weights travel as safetensors and arrays as plain .npy, never as pickles",
+    )
 
 
 def screen_artifact(name: str, data: bytes) -> None:
@@ -44,7 +46,7 @@ def check_artifact(name: str, data: bytes) -> None:
     if name.endswith(".safetensors"):
         size = struct.unpack("<Q", data[:8])[0] if len(data) >= 8 else -1
         try:
-            header = json.loads(data[8:8 + size]) if 0 < size <= len(data) - 8 else None
+            header = json.loads(data[8 : 8 + size]) if 0 < size <= len(data) - 8 else None
         except ValueError:
             header = None
         if not isinstance(header, dict):
@@ -68,7 +70,7 @@ def check_artifact(name: str, data: bytes) -> None:
 
 
 def utc_now() -> str:
-    return dt.datetime.now(dt.timezone.utc).isoformat()
+    return dt.datetime.now(dt.UTC).isoformat()
 
 
 def _name(value: str, what: str) -> str:
@@ -84,7 +86,7 @@ def _name(value: str, what: str) -> str:
 def new_version_id() -> str:
     """Sortable by creation time, unique across concurrent runs: 48 random bits (24 collided
     about once in ten times among 2,000 ids made in one second)."""
-    return f"{dt.datetime.now(dt.timezone.utc):%Y%m%dT%H%M%SZ}-{secrets.token_hex(6)}"
+    return f"{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%SZ}-{secrets.token_hex(6)}"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -123,8 +125,11 @@ class Registry:
 
     def versions(self) -> list[str]:
         """Published versions (those with a card), oldest first."""
-        return [v for v in self.store.list_dirs(f"{self.root}versions")
-                if self.store.exists(self.version_prefix(v) + "card.json")]
+        return [
+            v
+            for v in self.store.list_dirs(f"{self.root}versions")
+            if self.store.exists(self.version_prefix(v) + "card.json")
+        ]
 
     def read_verified(self, version: str, name: str) -> bytes:
         """One blob of a version, verified against the card's sha256 and checked to be the safe
@@ -155,24 +160,34 @@ class Registry:
         names = [k.rsplit("/", 1)[1][:-5] for k in self.store.list(f"{self.root}aliases/")]
         return {n: ref.version for n in names if (ref := self.alias(n)) is not None}
 
-    def move_alias(self, alias: str, version: str | None, expected: AliasRef | None, *,
-                   run_id: str = "", reason: str = "") -> bool:
+    def move_alias(
+        self, alias: str, version: str | None, expected: AliasRef | None, *, run_id: str = "", reason: str = ""
+    ) -> bool:
         """Point ``alias`` at ``version`` if it is still ``expected``; audit the attempt.
 
         ``version`` must be published (have a card) or None (clear the alias)."""
         return self._move(alias, version, expected, run_id=run_id, reason=reason) is not None
 
-    def _move(self, alias: str, version: str | None, expected: AliasRef | None, *,
-              run_id: str, reason: str) -> str | None:
+    def _move(
+        self, alias: str, version: str | None, expected: AliasRef | None, *, run_id: str, reason: str
+    ) -> str | None:
         """move_alias, returning the alias's new ETag (None: lost). The alias body records the
         version it displaced (``from``), atomically with the move itself."""
         key = self._alias_key(alias)
         if version is not None and not self.store.exists(self.version_prefix(version) + "card.json"):
-            raise StoreNotFound(f"{self.model}:{version} is not a published version (no card)",
-                                hint="publish it first; an alias never points at half a version")
+            raise StoreNotFound(
+                f"{self.model}:{version} is not a published version (no card)",
+                hint="publish it first; an alias never points at half a version",
+            )
         displaced = expected.version if expected else None
-        body = {"alias": alias, "version": version, "from": displaced, "run_id": run_id, "reason": reason,
-                "updated_at": utc_now()}
+        body = {
+            "alias": alias,
+            "version": version,
+            "from": displaced,
+            "run_id": run_id,
+            "reason": reason,
+            "updated_at": utc_now(),
+        }
         new_etag = self.store.compare_and_swap(key, json_bytes(body), expected.etag if expected else None)
         self._audit({**body, "won": new_etag is not None})
         return new_etag
@@ -224,9 +239,8 @@ class Registry:
 
     # --- audit -----------------------------------------------------------------------------
     def _audit(self, entry: dict) -> None:
-        key = f"{self.root}audit/{dt.datetime.now(dt.timezone.utc):%Y%m%dT%H%M%S%fZ}-{secrets.token_hex(4)}.json"
+        key = f"{self.root}audit/{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%S%fZ}-{secrets.token_hex(4)}.json"
         self.store.put_json(key, entry, create_only=True)
 
     def audit_log(self) -> list[dict]:
         return [self.store.get_json(k) for k in self.store.list(f"{self.root}audit/")]
-

@@ -8,15 +8,17 @@ When the budget is spent the caller gets StoreUnavailable, never a raw urllib3/m
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable, TypeVar
+from collections.abc import Callable
+from typing import TypeVar
 
 import tenacity
 
 from components._shared.errors import StoreUnavailable
 
 T = TypeVar("T")
-_TRANSIENT_S3_CODES = frozenset({"SlowDown", "ServiceUnavailable", "InternalError", "RequestTimeout",
-                                 "ServerError", "OperationAborted"})
+_TRANSIENT_S3_CODES = frozenset(
+    {"SlowDown", "ServiceUnavailable", "InternalError", "RequestTimeout", "ServerError", "OperationAborted"}
+)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import sys
-from typing import Iterator
+from collections.abc import Iterator
 
 from components._shared.errors import CtpError
 from components._shared.registry import utc_now
@@ -18,8 +18,10 @@ def step(name: str, store_uri: str, run_id: str) -> Iterator[Store]:
     try:
         yield store
     except CtpError as err:
-        store.put_json(f"runs/{run_id}/error.json", {"step": name, "code": err.code, "message": err.message,
-                                                      "hint": err.hint, "at": utc_now()})
+        store.put_json(
+            f"runs/{run_id}/error.json",
+            {"step": name, "code": err.code, "message": err.message, "hint": err.hint, "at": utc_now()},
+        )
         print(f"ctp: {name}: {err.one_line()}", file=sys.stderr, flush=True)
         raise
 

@@ -47,8 +47,9 @@ def load_digits_uint8() -> tuple[np.ndarray, np.ndarray]:
     return images[..., None], digits.target.astype(np.int64)
 
 
-def apply_shift(images: np.ndarray, labels: np.ndarray, shift: str, strength: float,
-                rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def apply_shift(
+    images: np.ndarray, labels: np.ndarray, shift: str, strength: float, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
     if shift == "rotation":
         from scipy.ndimage import rotate
 
@@ -118,8 +119,10 @@ class Segment:
         if self.shift not in SHIFTS[1:]:
             raise ConfigError(f"unknown stream shift {self.shift!r}", hint=f"choose one of {', '.join(SHIFTS[1:])}")
         if self.start < 0 or self.ramp < 1 or (self.end is not None and self.end <= self.start):
-            raise ConfigError(f"segment {self.shift} has start {self.start}, end {self.end}, ramp {self.ramp}",
-                              hint="need 0 <= start < end and ramp >= 1")
+            raise ConfigError(
+                f"segment {self.shift} has start {self.start}, end {self.end}, ramp {self.ramp}",
+                hint="need 0 <= start < end and ramp >= 1",
+            )
 
     def strength_at(self, step: int) -> float:
         if step < self.start or (self.end is not None and step >= self.end):
@@ -129,7 +132,7 @@ class Segment:
 
 def stream_state(segments: tuple[Segment, ...] | list[Segment], step: int) -> dict[str, float]:
     """The strength of each shift kind at ``step``: the ground truth of what changed, and when."""
-    state = {shift: 0.0 for shift in SHIFTS[1:]}
+    state = dict.fromkeys(SHIFTS[1:], 0.0)
     for segment in segments:
         state[segment.shift] = max(state[segment.shift], segment.strength_at(step))
     return state
@@ -139,17 +142,26 @@ def stream_meta_key(dataset: str) -> str:
     return f"datasets/{dataset}/stream.json"
 
 
-def seed_stream(store: Store, dataset: str, steps: int, segments: tuple[Segment, ...] | list[Segment], *,
-                traffic_rows: int = 150, seed: int = 0) -> dict:
+def seed_stream(
+    store: Store,
+    dataset: str,
+    steps: int,
+    segments: tuple[Segment, ...] | list[Segment],
+    *,
+    traffic_rows: int = 150,
+    seed: int = 0,
+) -> dict:
     """A stream of ``steps`` labelled batches (disjoint digits, no example repeats) plus traffic
     batches (drawn from a separate pool), each shifted by the segments active at its step.
     Writes ``stream.json`` (the segments) beside the batches; returns it."""
     if list_batches(store, dataset):
-        raise ConfigError(f"{store.describe('datasets/' + dataset)} already has batches",
-                          hint="pick another dataset name or replay the existing stream")
+        raise ConfigError(
+            f"{store.describe('datasets/' + dataset)} already has batches",
+            hint="pick another dataset name or replay the existing stream",
+        )
     images, labels = load_digits_uint8()
     order = np.random.default_rng(seed).permutation(len(labels))
-    traffic_pool, labelled_pool = order[:len(order) // 5], order[len(order) // 5:]
+    traffic_pool, labelled_pool = order[: len(order) // 5], order[len(order) // 5 :]
     for step, chunk in enumerate(np.array_split(labelled_pool, steps)):
         rng = np.random.default_rng([seed, step])
         traffic = rng.choice(traffic_pool, size=min(traffic_rows, len(traffic_pool)), replace=False)
@@ -160,9 +172,7 @@ def seed_stream(store: Store, dataset: str, steps: int, segments: tuple[Segment,
                     x, y = apply_shift(x, y, shift, strength, rng)
             ids = [f"{dataset}-{step:04d}-{i:05d}" for i in range(len(y))]
             table = batch_table(x, y if kind == "datasets" else None, ids)
-            store.put_bytes(f"{kind}/{dataset}/batch={step:04d}/part-0.parquet", parquet_bytes(table),
-                            create_only=True)
-    meta = {"dataset": dataset, "steps": steps, "seed": seed,
-            "segments": [dataclasses.asdict(s) for s in segments]}
+            store.put_bytes(f"{kind}/{dataset}/batch={step:04d}/part-0.parquet", parquet_bytes(table), create_only=True)
+    meta = {"dataset": dataset, "steps": steps, "seed": seed, "segments": [dataclasses.asdict(s) for s in segments]}
     store.put_json(stream_meta_key(dataset), meta, create_only=True)
     return meta

@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import io
-from typing import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -40,10 +40,9 @@ class Split:
     def __len__(self) -> int:
         return len(self.labels)
 
-    def where(self, mask: np.ndarray) -> "Split":
+    def where(self, mask: np.ndarray) -> Split:
         keep = np.flatnonzero(mask)
-        return Split(self.images[keep], self.labels[keep], [self.ids[i] for i in keep],
-                     [self.batches[i] for i in keep])
+        return Split(self.images[keep], self.labels[keep], [self.ids[i] for i in keep], [self.batches[i] for i in keep])
 
 
 class SplitWriter:
@@ -56,8 +55,9 @@ class SplitWriter:
         self._stream = store.arrow_filesystem().open_output_stream(key)
         # Dictionaries and statistics help the small columns; on the pixel column they cost time for nothing.
         small = [name for name in schema.names if name != IMAGE]
-        self._writer = pq.ParquetWriter(pa.PythonFile(self, mode="w"), schema, use_dictionary=small,
-                                        write_statistics=small)
+        self._writer = pq.ParquetWriter(
+            pa.PythonFile(self, mode="w"), schema, use_dictionary=small, write_statistics=small
+        )
 
     # the file-object protocol pyarrow's PythonFile calls
     closed = False
@@ -86,8 +86,12 @@ def data_contract(manifest: dict) -> dict:
     """What a model trained on this snapshot relies on: image shape, label type, classes and, for
     string labels, which name each class index stands for. Stored in the model card; the next
     snapshot is checked against it (validate-data)."""
-    return {"image_shape": manifest["image_shape"], "classes": manifest["classes"],
-            "label_kind": manifest.get("label_kind"), "label_names": manifest.get("label_names")}
+    return {
+        "image_shape": manifest["image_shape"],
+        "classes": manifest["classes"],
+        "label_kind": manifest.get("label_kind"),
+        "label_names": manifest.get("label_names"),
+    }
 
 
 def read_manifest(store: Store, fingerprint: str) -> dict:
@@ -104,8 +108,9 @@ CORRUPT_HINT = "the snapshot is corrupt; delete snapshots/<fingerprint>/ and re-
 def _check_digest(store: Store, fingerprint: str, split: str, manifest: dict | None, actual: str) -> None:
     manifest = manifest or read_manifest(store, fingerprint)
     if actual != manifest["objects"][f"{split}.parquet"]["sha256"]:
-        raise IntegrityError(f"{store.describe(split_key(fingerprint, split))} does not match its manifest checksum",
-                             hint=CORRUPT_HINT)
+        raise IntegrityError(
+            f"{store.describe(split_key(fingerprint, split))} does not match its manifest checksum", hint=CORRUPT_HINT
+        )
 
 
 def load_split(store: Store, fingerprint: str, split: str, manifest: dict | None = None) -> Split:
@@ -153,7 +158,7 @@ class SplitFile:
         metadata = self._file.metadata
         self.group_rows = [metadata.row_group(g).num_rows for g in range(metadata.num_row_groups)]
 
-    def __enter__(self) -> "SplitFile":
+    def __enter__(self) -> SplitFile:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -170,8 +175,15 @@ class SplitFile:
         """Rows per row group that ``keep`` keeps, reading only ``columns`` (e.g. the ids)."""
         return [int(np.count_nonzero(keep(self.read_group(g, columns)))) for g in range(len(self.group_rows))]
 
-    def sample(self, size: int, seed: int, *, keep: RowFilter | None = None, keep_columns: Sequence[str] = (),
-               counts: Sequence[int] | None = None) -> Iterator[pa.Table]:
+    def sample(
+        self,
+        size: int,
+        seed: int,
+        *,
+        keep: RowFilter | None = None,
+        keep_columns: Sequence[str] = (),
+        counts: Sequence[int] | None = None,
+    ) -> Iterator[pa.Table]:
         """A seeded uniform sample of up to ``size`` of the rows ``keep`` keeps (all rows if None), in
         file order: one table per row group that holds a picked row, and only those groups are read.
         ``keep`` reads ``keep_columns``; ``counts`` are its kept rows per group, if already known."""
@@ -181,7 +193,7 @@ class SplitFile:
         picks = np.sort(np.random.default_rng(seed).choice(starts[-1], size=min(size, starts[-1]), replace=False))
         bounds = np.searchsorted(picks, starts)
         for group in range(len(counts)):
-            local = picks[bounds[group]:bounds[group + 1]] - starts[group]
+            local = picks[bounds[group] : bounds[group + 1]] - starts[group]
             if local.size:
                 table = self.read_group(group)
                 yield (table if keep is None else table.filter(pa.array(keep(table)))).take(pa.array(local))

@@ -20,16 +20,21 @@ import secrets
 import tempfile
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from stat import S_ISREG
-from typing import Any, Iterator, Mapping
+from typing import Any
 
 import pyarrow.fs as pafs
 
 from components._shared import retry
 from components._shared.errors import (
-    AlreadyExists, ConfigError, DataValidationError, StoreKeyError, StoreNotFound,
+    AlreadyExists,
+    ConfigError,
+    DataValidationError,
+    StoreKeyError,
+    StoreNotFound,
 )
 from components._shared.retry import RetryPolicy
 
@@ -92,7 +97,7 @@ class S3Settings:
     region: str = "us-east-1"
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str]) -> "S3Settings":
+    def from_env(cls, env: Mapping[str, str]) -> S3Settings:
         endpoint = env.get("MINIO_ENDPOINT", "")
         if not endpoint:
             raise ConfigError(
@@ -100,7 +105,7 @@ class S3Settings:
                 hint="set MINIO_ENDPOINT=host:port plus MINIO_ACCESS_KEY and MINIO_SECRET_KEY",
             )
         scheme = re.match(r"^(https?)://", endpoint)
-        endpoint = endpoint[scheme.end():] if scheme else endpoint
+        endpoint = endpoint[scheme.end() :] if scheme else endpoint
         endpoint = endpoint.rstrip("/")
         raw = env.get("MINIO_SECURE", "").strip().lower()
         if raw in ("1", "true", "yes", "on"):
@@ -209,7 +214,7 @@ class Store(ABC):
     def list_dirs(self, prefix: str) -> list[str]:
         """Immediate child 'directory' names under ``prefix``."""
         prefix = check_prefix(prefix)
-        names = {k[len(prefix):].split("/", 1)[0] for k in self.list(prefix) if "/" in k[len(prefix):]}
+        names = {k[len(prefix) :].split("/", 1)[0] for k in self.list(prefix) if "/" in k[len(prefix) :]}
         return sorted(names)
 
     def describe(self, key: str = "") -> str:
@@ -240,7 +245,7 @@ def _write_json_quietly(path: Path, entry: dict) -> None:
 
 
 def _mtime(path: Path) -> dt.datetime:
-    return dt.datetime.fromtimestamp(path.stat().st_mtime, dt.timezone.utc)
+    return dt.datetime.fromtimestamp(path.stat().st_mtime, dt.UTC)
 
 
 def json_bytes(obj: Any) -> bytes:
@@ -341,7 +346,7 @@ class LocalStore(Store):
         return found
 
     def stale_uploads(self, older_than: dt.timedelta) -> list[PendingUpload]:
-        cutoff = dt.datetime.now(dt.timezone.utc) - older_than
+        cutoff = dt.datetime.now(dt.UTC) - older_than
         found = []
         for path in self.root.rglob(_TMP_PREFIX + "*"):
             own = {".locks", _ETAG_CACHE} & set(path.relative_to(self.root).parts)
@@ -416,8 +421,15 @@ class S3Store(Store):
     in its metadata: when its success reply is lost and the retry gets 412, the object holding our
     write id and checksum proves the first attempt landed, so the write is reported as done."""
 
-    def __init__(self, bucket: str, prefix: str, settings: S3Settings, *, create_bucket: bool = True,
-                 retry_policy: RetryPolicy = RetryPolicy()):
+    def __init__(
+        self,
+        bucket: str,
+        prefix: str,
+        settings: S3Settings,
+        *,
+        create_bucket: bool = True,
+        retry_policy: RetryPolicy = RetryPolicy(),
+    ):
         import certifi
         import urllib3
         from minio import Minio
@@ -429,8 +441,11 @@ class S3Store(Store):
         self.uri = f"s3://{bucket}/{self.prefix}" if self.prefix else f"s3://{bucket}"
         http = urllib3.PoolManager(  # minio's default, minus its own retries (ours count every request)
             timeout=urllib3.Timeout(connect=retry_policy.connect_timeout, read=retry_policy.read_timeout),
-            maxsize=10, retries=False, cert_reqs="CERT_REQUIRED",
-            ca_certs=os.environ.get("SSL_CERT_FILE") or certifi.where())
+            maxsize=10,
+            retries=False,
+            cert_reqs="CERT_REQUIRED",
+            ca_certs=os.environ.get("SSL_CERT_FILE") or certifi.where(),
+        )
         self.client = Minio(
             settings.endpoint,
             access_key=settings.access_key,
@@ -469,8 +484,9 @@ class S3Store(Store):
         try:
             # minio-py's public put_object turns unknown headers into x-amz-meta-*; the conditional
             # headers must reach the server as they are, so this uses the single-part PUT.
-            result = self._retry(f"put {key}", lambda: self.client._put_object(self.bucket, name, data,
-                                                                              headers=headers))
+            result = self._retry(
+                f"put {key}", lambda: self.client._put_object(self.bucket, name, data, headers=headers)
+            )
             return result.etag.strip('"')
         except S3Error as err:
             if err.code not in ("PreconditionFailed", "ConditionalRequestConflict", "NoSuchKey"):
@@ -529,8 +545,9 @@ class S3Store(Store):
         prefix = check_prefix(prefix)
         strip = len(self.prefix) + 1 if self.prefix else 0
         name = f"{self.prefix}/{prefix}" if self.prefix else prefix
-        objects = self._retry(f"list {prefix or '/'}",
-                              lambda: list(self.client.list_objects(self.bucket, prefix=name, recursive=True)))
+        objects = self._retry(
+            f"list {prefix or '/'}", lambda: list(self.client.list_objects(self.bucket, prefix=name, recursive=True))
+        )
         return {obj.object_name[strip:]: obj.last_modified for obj in objects if not obj.is_dir}
 
     def exists(self, key: str) -> bool:
@@ -563,8 +580,9 @@ class S3Store(Store):
         if Path(path).stat().st_size <= PART_SIZE:
             return self.put_bytes(key, Path(path).read_bytes())
         name = self._name(key)
-        upload_id = self._retry(f"start upload of {key}",
-                                lambda: self.client._create_multipart_upload(self.bucket, name, {}))
+        upload_id = self._retry(
+            f"start upload of {key}", lambda: self.client._create_multipart_upload(self.bucket, name, {})
+        )
         try:
             parts = self._upload_parts(key, name, upload_id, Path(path))
             return self._complete(key, name, upload_id, parts)
@@ -581,8 +599,12 @@ class S3Store(Store):
         with open(path, "rb") as handle:
             while chunk := handle.read(PART_SIZE):
                 number = len(parts) + 1
-                etag = self._retry(f"upload part {number} of {key}", lambda: self.client._upload_part(
-                    self.bucket, name, chunk, None, upload_id, number))  # noqa: B023 (called at once)
+                etag = self._retry(
+                    f"upload part {number} of {key}",
+                    lambda chunk=chunk, number=number: self.client._upload_part(
+                        self.bucket, name, chunk, None, upload_id, number
+                    ),
+                )
                 parts.append(Part(number, etag.strip('"')))
         return parts
 
@@ -592,8 +614,10 @@ class S3Store(Store):
         from minio.error import S3Error
 
         try:
-            result = self._retry(f"complete upload of {key}", lambda: self.client._complete_multipart_upload(
-                self.bucket, name, upload_id, parts))
+            result = self._retry(
+                f"complete upload of {key}",
+                lambda: self.client._complete_multipart_upload(self.bucket, name, upload_id, parts),
+            )
             return result.etag.strip('"')
         except S3Error as err:
             if err.code != "NoSuchUpload":
@@ -608,15 +632,21 @@ class S3Store(Store):
         Path(path).write_bytes(self.get_bytes(key))
 
     def stale_uploads(self, older_than: dt.timedelta) -> list[PendingUpload]:
-        cutoff = dt.datetime.now(dt.timezone.utc) - older_than
+        cutoff = dt.datetime.now(dt.UTC) - older_than
         strip = len(self.prefix) + 1 if self.prefix else 0
         found, key_marker, id_marker = [], None, None
         while True:
-            page = self._retry("list incomplete uploads", lambda: self.client._list_multipart_uploads(
-                self.bucket, prefix=f"{self.prefix}/" if self.prefix else "", key_marker=key_marker,
-                upload_id_marker=id_marker))
-            found += [PendingUpload(u.object_name[strip:], u.upload_id, u.initiated_time)
-                      for u in page.uploads if u.initiated_time is None or u.initiated_time < cutoff]
+            page = self._retry(
+                "list incomplete uploads",
+                lambda keys=key_marker, ids=id_marker: self.client._list_multipart_uploads(
+                    self.bucket, prefix=f"{self.prefix}/" if self.prefix else "", key_marker=keys, upload_id_marker=ids
+                ),
+            )
+            found += [
+                PendingUpload(u.object_name[strip:], u.upload_id, u.initiated_time)
+                for u in page.uploads
+                if u.initiated_time is None or u.initiated_time < cutoff
+            ]
             if not page.is_truncated:
                 return found
             key_marker, id_marker = page.next_key_marker, page.next_upload_id_marker
@@ -626,8 +656,10 @@ class S3Store(Store):
 
         name = self._name(upload.key)
         try:
-            self._retry(f"abort upload of {upload.key}",
-                        lambda: self.client._abort_multipart_upload(self.bucket, name, upload.upload_id))
+            self._retry(
+                f"abort upload of {upload.key}",
+                lambda: self.client._abort_multipart_upload(self.bucket, name, upload.upload_id),
+            )
         except S3Error as err:
             if err.code != "NoSuchUpload":  # already completed or aborted
                 raise
@@ -744,9 +776,11 @@ class _StoreFSHandler(pafs.FileSystemHandler):
         return self.base.get_file_info([self._folder(p) for p in paths])
 
     def get_file_info_selector(self, selector):
-        return self.base.get_file_info(pafs.FileSelector(
-            self._folder(selector.base_dir), allow_not_found=selector.allow_not_found,
-            recursive=selector.recursive))
+        return self.base.get_file_info(
+            pafs.FileSelector(
+                self._folder(selector.base_dir), allow_not_found=selector.allow_not_found, recursive=selector.recursive
+            )
+        )
 
     def create_dir(self, path, recursive):
         self.base.create_dir(self._folder(path), recursive=recursive)
@@ -792,7 +826,7 @@ def open_store(uri: str | None = None, env: Mapping[str, str] | None = None) -> 
     env = os.environ if env is None else env
     uri = uri or env.get("CTP_STORE") or DEFAULT_STORE
     if uri.startswith("s3://"):
-        bucket, _, prefix = uri[len("s3://"):].partition("/")
+        bucket, _, prefix = uri[len("s3://") :].partition("/")
         if not bucket:
             raise ConfigError(f"store URI {uri!r} has no bucket", hint="use s3://<bucket>/<prefix>")
         return S3Store(bucket, prefix, S3Settings.from_env(env))
@@ -810,8 +844,11 @@ def read_parquet(store: Store, key: str):
         try:
             return pq.read_table(handle)
         except pa.ArrowInvalid as err:
-            raise DataValidationError(f"{store.describe(key)} is not a readable Parquet file ({err})",
-                                      code="PARQUET_CORRUPT", hint="rewrite or remove the object") from None
+            raise DataValidationError(
+                f"{store.describe(key)} is not a readable Parquet file ({err})",
+                code="PARQUET_CORRUPT",
+                hint="rewrite or remove the object",
+            ) from None
 
 
 def parquet_bytes(table) -> bytes:

@@ -3,7 +3,6 @@ champion on held-out traffic through onnxruntime, then promote or roll back, and
 
 from __future__ import annotations
 
-import dataclasses
 import importlib.metadata
 import os
 import tempfile
@@ -12,28 +11,31 @@ from pathlib import Path
 import numpy as np
 
 from components._shared.dataset import decode_images, list_batches
-from components._shared.errors import ConfigError
+from components._shared.model.files import META_FILE, MODEL_FILES, ONNX_FILE
+from components._shared.model.serving import onnx_probabilities
 from components._shared.registry import CANARY, CHAMPION, Registry, new_version_id, utc_now
 from components._shared.snapshot import data_contract
 from components._shared.store import Store, read_parquet
-from components.evaluate.core import onnx_probabilities
-from components.train.core import META_FILE, ONNX_FILE, WEIGHTS_FILE
-from components.validate_data.core import EMBEDDING_FILE, REFERENCE_FILE
+from components.deploy_canary.config import DeployConfig
 
-TRAINING_CARD_KEYS = ("arch", "init", "epochs", "batch_size", "lr", "seed", "world_size", "backend", "train_rows",
-                      "history", "early_stopping", "checkpoints", "train_seconds", "steps", "amp")
-MODEL_FILES = (WEIGHTS_FILE, ONNX_FILE, META_FILE, REFERENCE_FILE, EMBEDDING_FILE)
+TRAINING_CARD_KEYS = (
+    "arch",
+    "init",
+    "epochs",
+    "batch_size",
+    "lr",
+    "seed",
+    "world_size",
+    "backend",
+    "train_rows",
+    "history",
+    "early_stopping",
+    "checkpoints",
+    "train_seconds",
+    "steps",
+    "amp",
+)
 NO_TRAFFIC = "no traffic to replay; the evaluation gate decides"
-
-
-@dataclasses.dataclass(frozen=True)
-class DeployConfig:
-    model: str = "digits"
-    dataset: str = "digits"
-    min_agreement: float = 0.7  # share of traffic where canary and champion predict the same class
-    max_confidence_drop: float = 0.1  # mean top-class probability may fall at most this much
-    traffic_rows: int = 2000  # most recent traffic examples replayed
-    alpha: float = 0.05  # significance of the confidence-shift test
 
 
 def code_version() -> str:
@@ -41,8 +43,9 @@ def code_version() -> str:
     return f"ctp {importlib.metadata.version('ctp')}" + (f" ({sha})" if sha else "")
 
 
-def build_card(meta: dict, evaluation: dict, validation: dict, manifest: dict, *, run_id: str,
-               trigger: str, evidence_uri: str = "") -> dict:
+def build_card(
+    meta: dict, evaluation: dict, validation: dict, manifest: dict, *, run_id: str, trigger: str, evidence_uri: str = ""
+) -> dict:
     """Everything needed to answer 'where did this model come from and why was it kept'."""
     return {
         "run_id": run_id,
@@ -52,13 +55,21 @@ def build_card(meta: dict, evaluation: dict, validation: dict, manifest: dict, *
         "created_at": utc_now(),
         "code_version": code_version(),
         "image": os.environ.get("CTP_IMAGE", ""),
-        "data": {"fingerprint": manifest["fingerprint"], "dataset": manifest["dataset"],
-                 "batches": sorted(manifest["batches"]), **data_contract(manifest), "classes": meta["classes"]},
+        "data": {
+            "fingerprint": manifest["fingerprint"],
+            "dataset": manifest["dataset"],
+            "batches": sorted(manifest["batches"]),
+            **data_contract(manifest),
+            "classes": meta["classes"],
+        },
         "training": {k: meta.get(k) for k in TRAINING_CARD_KEYS},
-        "metrics": {k: evaluation["challenger"][k] for k in ("accuracy", "macro_f1", "ece", "n", "by_batch",
-                                                              "per_class_recall", "slices")},
-        "champion_metrics": (None if evaluation["champion"] is None else
-                             {k: evaluation["champion"][k] for k in ("accuracy", "macro_f1")}),
+        "metrics": {
+            k: evaluation["challenger"][k]
+            for k in ("accuracy", "macro_f1", "ece", "n", "by_batch", "per_class_recall", "slices")
+        },
+        "champion_metrics": (
+            None if evaluation["champion"] is None else {k: evaluation["champion"][k] for k in ("accuracy", "macro_f1")}
+        ),
         "gate": evaluation["gate"],
         "paired_test": evaluation["paired"],
         "drift": validation.get("drift"),
@@ -89,29 +100,46 @@ def compare_predictions(canary: np.ndarray, champion: np.ndarray, config: Deploy
     # alternative="less": the champion's confidence CDF lies below the canary's, i.e. the canary is less sure
     ks = KSDrift(champion_conf[:, None].astype(np.float32), p_val=config.alpha, alternative="less")
     p_value = float(np.atleast_1d(ks.predict(canary_conf[:, None].astype(np.float32))["data"]["p_val"])[0])
-    evidence = {"n": int(len(canary)), "agreement": float((canary.argmax(1) == champion.argmax(1)).mean()),
-                "canary_confidence": float(canary_conf.mean()), "champion_confidence": float(champion_conf.mean()),
-                "confidence_ks_p_value": p_value}
+    evidence = {
+        "n": int(len(canary)),
+        "agreement": float((canary.argmax(1) == champion.argmax(1)).mean()),
+        "canary_confidence": float(canary_conf.mean()),
+        "champion_confidence": float(champion_conf.mean()),
+        "confidence_ks_p_value": p_value,
+    }
     drop = evidence["champion_confidence"] - evidence["canary_confidence"]
     if evidence["agreement"] < config.min_agreement:
         # After a real shift the champion is the one that is wrong, so low agreement alone is not
         # a failure: the canary must also be the more confident model where the two disagree.
         disagree = canary.argmax(1) != champion.argmax(1)
-        evidence["disagreement_confidence"] = {"canary": float(canary_conf[disagree].mean()),
-                                               "champion": float(champion_conf[disagree].mean())}
+        evidence["disagreement_confidence"] = {
+            "canary": float(canary_conf[disagree].mean()),
+            "champion": float(champion_conf[disagree].mean()),
+        }
         if evidence["disagreement_confidence"]["canary"] <= evidence["disagreement_confidence"]["champion"]:
-            return {**evidence, "decision": "rollback",
-                    "reason": f"agreement {evidence['agreement']:.3f} < {config.min_agreement} and the canary is "
-                              f"not more confident than the champion where they disagree"}
+            return {
+                **evidence,
+                "decision": "rollback",
+                "reason": f"agreement {evidence['agreement']:.3f} < {config.min_agreement} and the canary is "
+                f"not more confident than the champion where they disagree",
+            }
     if p_value < config.alpha and drop > config.max_confidence_drop:
-        return {**evidence, "decision": "rollback", "reason": f"mean confidence fell by {drop:.3f} > "
-                f"{config.max_confidence_drop} (KS p={p_value:.2g} < {config.alpha})"}
-    return {**evidence, "decision": "promote",
-            "reason": f"agreement {evidence['agreement']:.3f}, confidence change {-drop:+.3f}"}
+        return {
+            **evidence,
+            "decision": "rollback",
+            "reason": f"mean confidence fell by {drop:.3f} > "
+            f"{config.max_confidence_drop} (KS p={p_value:.2g} < {config.alpha})",
+        }
+    return {
+        **evidence,
+        "decision": "promote",
+        "reason": f"agreement {evidence['agreement']:.3f}, confidence change {-drop:+.3f}",
+    }
 
 
-def canary_analysis(challenger_onnx: Path, champion_onnx: Path | None, traffic: np.ndarray | None,
-                    config: DeployConfig) -> dict:
+def canary_analysis(
+    challenger_onnx: Path, champion_onnx: Path | None, traffic: np.ndarray | None, config: DeployConfig
+) -> dict:
     """Local target: replay traffic through both ONNX files."""
     if traffic is None or not len(traffic):
         return {"decision": "promote", "reason": NO_TRAFFIC, "n": 0}
@@ -119,31 +147,30 @@ def canary_analysis(challenger_onnx: Path, champion_onnx: Path | None, traffic: 
     if champion_onnx is None:
         if not np.isfinite(canary).all():
             return {"decision": "rollback", "reason": "canary produced non-finite outputs", "n": len(traffic)}
-        return {"n": int(len(traffic)), "canary_confidence": float(canary.max(1).mean()), "decision": "promote",
-                "reason": "first model: served traffic without errors"}
+        return {
+            "n": int(len(traffic)),
+            "canary_confidence": float(canary.max(1).mean()),
+            "decision": "promote",
+            "reason": "first model: served traffic without errors",
+        }
     return compare_predictions(canary, onnx_probabilities(champion_onnx, traffic), config)
 
 
-def serving_rollout(target: str, store: Store, model: str, **kserve_settings):
-    """None for the local target (replayed traffic); the KServe rollout for ``kserve``."""
-    if target == "local":
-        return None
-    if target == "kserve":
-        from components.deploy_canary.kserve import KServeConfig, rollout_in_cluster
-
-        return rollout_in_cluster(store, model, KServeConfig(name=model, **kserve_settings))
-    raise ConfigError(f"deploy_target {target!r} unknown", hint="use local or kserve")
-
-
-def card_from_artifacts(store: Store, challenger_dir: Path, evaluation_path: Path, validation_path: Path,
-                        fingerprint: str, **provenance) -> dict:
+def card_from_artifacts(
+    store: Store, challenger_dir: Path, evaluation_path: Path, validation_path: Path, fingerprint: str, **provenance
+) -> dict:
     """The model card from the upstream steps' outputs (train meta, evaluation, validation, snapshot)."""
     import json
 
     from components._shared.snapshot import read_manifest
 
-    return build_card(json.loads((challenger_dir / META_FILE).read_text()), json.loads(evaluation_path.read_text()),
-                      json.loads(validation_path.read_text()), read_manifest(store, fingerprint), **provenance)
+    return build_card(
+        json.loads((challenger_dir / META_FILE).read_text()),
+        json.loads(evaluation_path.read_text()),
+        json.loads(validation_path.read_text()),
+        read_manifest(store, fingerprint),
+        **provenance,
+    )
 
 
 def deploy(store: Store, challenger_dir: Path, card: dict, config: DeployConfig, rollout=None) -> dict:
@@ -152,7 +179,7 @@ def deploy(store: Store, challenger_dir: Path, card: dict, config: DeployConfig,
     ``rollout`` None: the local target (replayed traffic). Otherwise a serving target such as
     kserve.KServeRollout: ``analyse`` canaries the version and watches it, ``finish`` applies
     the decision to serving after the registry's champion moved (or did not)."""
-    registry = Registry(store, config.model)
+    registry = Registry(store, config.model_name)
     run_id = card["run_id"]
     champion_ref = registry.alias(CHAMPION)
     version = new_version_id()
@@ -164,17 +191,25 @@ def deploy(store: Store, challenger_dir: Path, card: dict, config: DeployConfig,
             champion_onnx = registry.fetch(champion_ref.version, ONNX_FILE, Path(tmp) / ONNX_FILE)
         if rollout is None:
             traffic, traffic_batches = recent_traffic(store, config.dataset, config.traffic_rows)
-            analysis = {**canary_analysis(challenger_dir / ONNX_FILE, champion_onnx, traffic, config),
-                        "traffic_batches": traffic_batches}
+            analysis = {
+                **canary_analysis(challenger_dir / ONNX_FILE, champion_onnx, traffic, config),
+                "traffic_batches": traffic_batches,
+            }
         else:
             analysis = rollout.analyse(registry, version, champion_onnx, config)
     decision = _apply(registry, version, champion_ref, card, analysis, run_id)
     if rollout is not None:
         rollout.finish(decision["decision"])
-    record = {"run_id": run_id, "model": config.model, "version": version, "decided_at": utc_now(),
-              "target": "local" if rollout is None else "kserve",
-              "previous_champion": champion_ref.version if champion_ref else None, **decision,
-              "analysis": analysis}
+    record = {
+        "run_id": run_id,
+        "model": config.model_name,
+        "version": version,
+        "decided_at": utc_now(),
+        "target": "local" if rollout is None else "kserve",
+        "previous_champion": champion_ref.version if champion_ref else None,
+        **decision,
+        "analysis": analysis,
+    }
     store.put_json(f"runs/{run_id}/decision.json", record)
     return record
 
@@ -182,12 +217,18 @@ def deploy(store: Store, challenger_dir: Path, card: dict, config: DeployConfig,
 def _apply(registry: Registry, version: str, champion_ref, card: dict, analysis: dict, run_id: str) -> dict:
     current = champion_ref.version if champion_ref else None
     if card.get("parent_version") != current:
-        outcome = {"decision": "rollback", "reason": f"champion moved to {current} while this run trained "
-                   f"from {card.get('parent_version')}; re-run to compare against it"}
+        outcome = {
+            "decision": "rollback",
+            "reason": f"champion moved to {current} while this run trained "
+            f"from {card.get('parent_version')}; re-run to compare against it",
+        }
     elif analysis["decision"] == "promote":
         won = registry.promote(version, champion_ref, run_id=run_id, reason=analysis["reason"])
-        outcome = ({"decision": "promote", "reason": analysis["reason"]} if won else
-                   {"decision": "rollback", "reason": "another run moved the champion first (compare-and-swap lost)"})
+        outcome = (
+            {"decision": "promote", "reason": analysis["reason"]}
+            if won
+            else {"decision": "rollback", "reason": "another run moved the champion first (compare-and-swap lost)"}
+        )
     else:
         outcome = {"decision": "rollback", "reason": analysis["reason"]}
     registry.move_alias(CANARY, None, registry.alias(CANARY), run_id=run_id, reason=f"canary {outcome['decision']}")

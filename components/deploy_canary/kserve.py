@@ -10,72 +10,71 @@ needs no access to Secrets. Patches are JSON merge patches: ``null`` removes a f
 
 from __future__ import annotations
 
-import dataclasses
 import time
 import urllib.parse
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, Protocol
+from typing import Protocol
 
 import numpy as np
 
 from components._shared.errors import ConfigError
+from components._shared.model.serving import onnx_probabilities
 from components._shared.store import Store, read_parquet
-from components.deploy_canary.core import NO_TRAFFIC, DeployConfig, compare_predictions
-from components.evaluate.core import onnx_probabilities
+from components.deploy_canary.config import DeployConfig, KServeConfig
+from components.deploy_canary.core import NO_TRAFFIC, compare_predictions
 
 GROUP, VERSION, PLURAL, KIND = "serving.kserve.io", "v1beta1", "inferenceservices", "InferenceService"
 # Knative queue-proxy metrics of the canary revision (serverless mode); override for raw deployments.
-ERROR_RATE_QUERY = ('sum(rate(revision_request_count{{namespace_name="{namespace}",revision_name="{revision}",'
-                    'response_code_class!="2xx"}}[{window}s])) / sum(rate(revision_request_count{{'
-                    'namespace_name="{namespace}",revision_name="{revision}"}}[{window}s]))')
-P99_LATENCY_QUERY = ('histogram_quantile(0.99, sum by (le) (rate(revision_request_latencies_bucket{{'
-                     'namespace_name="{namespace}",revision_name="{revision}"}}[{window}s]))) / 1000')
-
-
-@dataclasses.dataclass(frozen=True)
-class KServeConfig:
-    name: str = "digits"  # the InferenceService
-    namespace: str = "ctp"
-    service_account: str = "ctp-kserve"  # manifests/base/ctp-kserve-serviceaccount.yaml
-    canary_percent: int = 10
-    intervals: int = 3
-    interval_seconds: float = 60.0
-    ready_timeout_seconds: float = 600.0
-    prometheus_url: str = ""  # "" = no error-rate / latency checks
-    max_error_rate: float = 0.01
-    max_p99_latency_seconds: float = 0.5
-
-    def __post_init__(self):
-        if not 0 < self.canary_percent < 100:
-            raise ConfigError(f"canary_percent={self.canary_percent} must be between 1 and 99")
-        if self.intervals < 1 or self.interval_seconds < 0:
-            raise ConfigError("intervals must be >= 1 and interval_seconds >= 0")
+ERROR_RATE_QUERY = (
+    'sum(rate(revision_request_count{{namespace_name="{namespace}",revision_name="{revision}",'
+    'response_code_class!="2xx"}}[{window}s])) / sum(rate(revision_request_count{{'
+    'namespace_name="{namespace}",revision_name="{revision}"}}[{window}s]))'
+)
+P99_LATENCY_QUERY = (
+    "histogram_quantile(0.99, sum by (le) (rate(revision_request_latencies_bucket{{"
+    'namespace_name="{namespace}",revision_name="{revision}"}}[{window}s]))) / 1000'
+)
 
 
 def storage_uri(store_uri: str, model: str, version: str) -> str:
     """The version's folder on MinIO; KServe's ONNX runtime loads the model.onnx inside it."""
     if not store_uri.startswith("s3://"):
-        raise ConfigError(f"store {store_uri} is not on S3; KServe can only load models from s3://",
-                          hint="run with --store s3://bucket/prefix, or deploy_target=local")
+        raise ConfigError(
+            f"store {store_uri} is not on S3; KServe can only load models from s3://",
+            hint="run with --store s3://bucket/prefix, or deploy_target=local",
+        )
     return f"{store_uri.rstrip('/')}/models/{model}/versions/{version}/"
 
 
 def inference_service(config: KServeConfig, uri: str, version: str) -> dict:
     from kubernetes import client
 
-    metadata = client.V1ObjectMeta(name=config.name, namespace=config.namespace,
-                                   labels={"app.kubernetes.io/part-of": "ctp"},
-                                   annotations={"ctp.dev/version": version})
-    return {"apiVersion": f"{GROUP}/{VERSION}", "kind": KIND,
-            "metadata": client.ApiClient().sanitize_for_serialization(metadata),
-            "spec": {"predictor": {"serviceAccountName": config.service_account,
-                                   "model": {"modelFormat": {"name": "onnx"}, "storageUri": uri}}}}
+    metadata = client.V1ObjectMeta(
+        name=config.name,
+        namespace=config.namespace,
+        labels={"app.kubernetes.io/part-of": "ctp"},
+        annotations={"ctp.dev/version": version},
+    )
+    return {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": KIND,
+        "metadata": client.ApiClient().sanitize_for_serialization(metadata),
+        "spec": {
+            "predictor": {
+                "serviceAccountName": config.service_account,
+                "model": {"modelFormat": {"name": "onnx"}, "storageUri": uri},
+            }
+        },
+    }
 
 
 def canary_patch(uri: str, version: str, percent: int) -> dict:
-    return {"metadata": {"annotations": {"ctp.dev/version": version}},
-            "spec": {"predictor": {"canaryTrafficPercent": percent, "model": {"storageUri": uri}}}}
+    return {
+        "metadata": {"annotations": {"ctp.dev/version": version}},
+        "spec": {"predictor": {"canaryTrafficPercent": percent, "model": {"storageUri": uri}}},
+    }
 
 
 PROMOTE_PATCH = {"spec": {"predictor": {"canaryTrafficPercent": None}}}  # the canary takes all traffic
@@ -99,14 +98,19 @@ class StorePredictionLog:
     def canary_window(self, version: str, interval: int) -> tuple[np.ndarray, np.ndarray]:
         from components._shared.dataset import decode_images
 
-        fresh = [k for k in self.store.list(f"predictions/{self.model}/version={version}/")
-                 if k.endswith(".parquet") and k not in self.seen]
+        fresh = [
+            k
+            for k in self.store.list(f"predictions/{self.model}/version={version}/")
+            if k.endswith(".parquet") and k not in self.seen
+        ]
         self.seen.update(fresh)
         tables = [read_parquet(self.store, k) for k in fresh]
         if not tables:
             return np.zeros((0, 1, 1, 1), np.uint8), np.zeros((0, 1), np.float32)
-        return (np.concatenate([decode_images(t) for t in tables]),
-                np.concatenate([np.asarray(t.column("probs").to_pylist(), np.float32) for t in tables]))
+        return (
+            np.concatenate([decode_images(t) for t in tables]),
+            np.concatenate([np.asarray(t.column("probs").to_pylist(), np.float32) for t in tables]),
+        )
 
 
 def prometheus_value(url: str, query: str, opener: Callable = urllib.request.urlopen) -> float | None:
@@ -117,7 +121,14 @@ def prometheus_value(url: str, query: str, opener: Callable = urllib.request.url
     return float(result[0]["value"][1]) if result else None
 
 
-def rollout_in_cluster(store: Store, model: str, config: KServeConfig) -> "KServeRollout":
+def serving_rollout(config: DeployConfig, store: Store, kserve: KServeConfig):
+    """None for the local target (replayed traffic); the KServe rollout for ``kserve``."""
+    if config.deploy_target == "local":
+        return None
+    return rollout_in_cluster(store, config.model_name, kserve)
+
+
+def rollout_in_cluster(store: Store, model: str, config: KServeConfig) -> KServeRollout:
     """The real API from the pod's service account, logged predictions from the store. Refuses
     a non-S3 store before anything is published."""
     from kubernetes import client
@@ -131,8 +142,15 @@ def rollout_in_cluster(store: Store, model: str, config: KServeConfig) -> "KServ
 class KServeRollout:
     """Drives one InferenceService through canary -> promote | rollback (see core.deploy)."""
 
-    def __init__(self, custom_api, config: KServeConfig, predictions: PredictionLog, *,
-                 sleep: Callable[[float], None] = time.sleep, opener: Callable = urllib.request.urlopen):
+    def __init__(
+        self,
+        custom_api,
+        config: KServeConfig,
+        predictions: PredictionLog,
+        *,
+        sleep: Callable[[float], None] = time.sleep,
+        opener: Callable = urllib.request.urlopen,
+    ):
         self.custom, self.config = custom_api, config
         self.predictions, self.sleep, self.opener = predictions, sleep, opener
         self.created = False
@@ -157,7 +175,8 @@ class KServeRollout:
             self.created = True
         else:
             self.custom.patch_namespaced_custom_object(
-                **self._isvc(name=self.config.name, body=canary_patch(uri, version, self.config.canary_percent)))
+                **self._isvc(name=self.config.name, body=canary_patch(uri, version, self.config.canary_percent))
+            )
 
     def wait_ready(self) -> dict | None:
         """The InferenceService status once Ready=True, or None at the timeout."""
@@ -174,12 +193,17 @@ class KServeRollout:
         """Error rate and p99 latency of the canary revision, when Prometheus is configured."""
         if not self.config.prometheus_url:
             return {}
-        values = {"namespace": self.config.namespace, "revision": revision,
-                  "window": max(int(self.config.interval_seconds), 30)}
-        return {"error_rate": prometheus_value(self.config.prometheus_url, ERROR_RATE_QUERY.format(**values),
-                                               self.opener),
-                "p99_latency_seconds": prometheus_value(self.config.prometheus_url,
-                                                        P99_LATENCY_QUERY.format(**values), self.opener)}
+        values = {
+            "namespace": self.config.namespace,
+            "revision": revision,
+            "window": max(int(self.config.interval_seconds), 30),
+        }
+        return {
+            "error_rate": prometheus_value(self.config.prometheus_url, ERROR_RATE_QUERY.format(**values), self.opener),
+            "p99_latency_seconds": prometheus_value(
+                self.config.prometheus_url, P99_LATENCY_QUERY.format(**values), self.opener
+            ),
+        }
 
     def analyse(self, registry, version: str, champion_onnx: Path | None, config: DeployConfig) -> dict:
         """Canary the version, then judge it over N intervals; stops at the first failing one."""
@@ -187,9 +211,13 @@ class KServeRollout:
         self.start(uri, version)
         status = self.wait_ready()
         if status is None:
-            return {"decision": "rollback", "storage_uri": uri, "reason": f"InferenceService {self.config.name} "
-                    f"not Ready within {self.config.ready_timeout_seconds:.0f} s (check the S3 Secret behind "
-                    f"ServiceAccount {self.config.service_account}: manifests/README.md)"}
+            return {
+                "decision": "rollback",
+                "storage_uri": uri,
+                "reason": f"InferenceService {self.config.name} "
+                f"not Ready within {self.config.ready_timeout_seconds:.0f} s (check the S3 Secret behind "
+                f"ServiceAccount {self.config.service_account}: manifests/README.md)",
+            }
         if champion_onnx is None:
             return {"decision": "promote", "storage_uri": uri, "reason": "first model: InferenceService Ready"}
         revision = status.get("components", {}).get("predictor", {}).get("latestCreatedRevision", "")
@@ -200,19 +228,33 @@ class KServeRollout:
             if intervals[-1]["decision"] == "rollback":
                 break
         last = intervals[-1]
-        reason = (NO_TRAFFIC if not any(i["n"] for i in intervals) else
-                  f"interval {len(intervals)}/{self.config.intervals}: {last['reason']}")
-        return {"decision": last["decision"], "reason": reason, "storage_uri": uri, "revision": revision,
-                "canary_percent": self.config.canary_percent, "intervals": intervals}
+        reason = (
+            NO_TRAFFIC
+            if not any(i["n"] for i in intervals)
+            else f"interval {len(intervals)}/{self.config.intervals}: {last['reason']}"
+        )
+        return {
+            "decision": last["decision"],
+            "reason": reason,
+            "storage_uri": uri,
+            "revision": revision,
+            "canary_percent": self.config.canary_percent,
+            "intervals": intervals,
+        }
 
     def _interval(self, index: int, version: str, revision: str, champion_onnx: Path, config: DeployConfig) -> dict:
         images, canary = self.predictions.canary_window(version, index)
-        evidence = ({"n": 0, "decision": "promote", "reason": "no canary traffic in this interval"} if not len(images)
-                    else compare_predictions(canary, onnx_probabilities(champion_onnx, images), config))
+        evidence = (
+            {"n": 0, "decision": "promote", "reason": "no canary traffic in this interval"}
+            if not len(images)
+            else compare_predictions(canary, onnx_probabilities(champion_onnx, images), config)
+        )
         serving = self.serving_checks(revision)
         evidence.update(serving)
-        limits = (("error_rate", self.config.max_error_rate), ("p99_latency_seconds",
-                                                              self.config.max_p99_latency_seconds))
+        limits = (
+            ("error_rate", self.config.max_error_rate),
+            ("p99_latency_seconds", self.config.max_p99_latency_seconds),
+        )
         for name, limit in limits:
             if serving.get(name) is not None and serving[name] > limit and evidence["decision"] == "promote":
                 evidence.update(decision="rollback", reason=f"{name} {serving[name]:.3g} > {limit}")

@@ -7,23 +7,37 @@ from components._shared.images import BASE_IMAGE
 
 
 @dsl.component(base_image=BASE_IMAGE, install_kfp_package=False)
-def evaluate(store_uri: str, model_name: str, min_accuracy: float, margin: float, run_id: str,
-             snapshot: Input[Dataset], challenger: Input[Model], metrics: Output[Metrics],
-             confusion: Output[ClassificationMetrics], report: Output[Artifact], summary: Output[Markdown],
-             alpha: float = 0.05, gate_test: str = "paired_bootstrap", hypothesis: str = "non_inferiority",
-             max_forgetting: float = 0.02) -> str:
+def evaluate(
+    store_uri: str,
+    model_name: str,
+    min_accuracy: float,
+    margin: float,
+    alpha: float,
+    gate_test: str,
+    max_forgetting: float,
+    run_id: str,
+    snapshot: Input[Dataset],
+    challenger: Input[Model],
+    metrics: Output[Metrics],
+    confusion: Output[ClassificationMetrics],
+    report: Output[Artifact],
+    summary: Output[Markdown],
+) -> str:
     """Returns "pass" or "fail": the condition of the deploy step (a single output, see DESIGN 5)."""
     import json
     from pathlib import Path
 
     from components._shared.runtime import step
-    from components.evaluate.core import EvaluateConfig, evaluate_against_champion, markdown_report
+    from components.evaluate.config import EvaluateConfig
+    from components.evaluate.core import evaluate_against_champion, markdown_report
 
     with step("evaluate", store_uri, run_id) as store:
-        config = EvaluateConfig(min_accuracy=min_accuracy, margin=margin, alpha=alpha, gate_test=gate_test,
-                                hypothesis=hypothesis, max_forgetting=max_forgetting)
-        result = evaluate_against_champion(store, model_name, snapshot.metadata["fingerprint"],
-                                           Path(challenger.path), config)
+        config = EvaluateConfig(
+            min_accuracy=min_accuracy, margin=margin, alpha=alpha, gate_test=gate_test, max_forgetting=max_forgetting
+        )
+        result = evaluate_against_champion(
+            store, model_name, snapshot.metadata["fingerprint"], Path(challenger.path), config
+        )
         store.put_json(f"runs/{run_id}/evaluation.json", result)
     for side in ("challenger", "champion"):
         for name, value in (result[side] or {}).items():

@@ -4,78 +4,39 @@ gated by a paired test on the same examples plus a per-slice non-regression (for
 
 from __future__ import annotations
 
-import dataclasses
-import json
 from pathlib import Path
 
 import numpy as np
 
-from components._shared.errors import ConfigError, CtpError
+from components._shared.errors import CtpError
+from components._shared.model.files import ONNX_FILE
+from components._shared.model.inputs import to_array
+from components._shared.model.serving import onnx_probabilities, onnx_session
 from components._shared.snapshot import Split, load_split
 from components._shared.store import Store
-from components.train.core import META_FILE, ONNX_FILE, WEIGHTS_FILE, build_model, to_tensor
+from components.evaluate.config import EvaluateConfig
 
 PARITY_TOLERANCE = 1e-3
-GATE_TESTS = ("paired_bootstrap", "mcnemar")
-HYPOTHESES = ("non_inferiority", "superiority")
 OLD, NEW = "old", "new"
-
-
-@dataclasses.dataclass(frozen=True)
-class EvaluateConfig:
-    min_accuracy: float = 0.8  # first model (no champion): absolute bar
-    margin: float = 0.01  # non-inferiority margin vs the champion, in accuracy
-    alpha: float = 0.05
-    gate_test: str = "paired_bootstrap"  # or "mcnemar" (exact, on the discordant pairs)
-    hypothesis: str = "non_inferiority"  # or "superiority": the challenger must be better
-    max_forgetting: float = 0.02  # largest accuracy drop allowed on the old-data slice
-    bootstrap: int = 2000
-    ece_bins: int = 10
-    seed: int = 0
-
-    def __post_init__(self):
-        if self.gate_test not in GATE_TESTS:
-            raise ConfigError(f"gate_test {self.gate_test!r} unknown", hint=f"use one of {', '.join(GATE_TESTS)}")
-        if self.hypothesis not in HYPOTHESES:
-            raise ConfigError(f"hypothesis {self.hypothesis!r} unknown", hint=f"use one of {', '.join(HYPOTHESES)}")
-        if not 0.0 < self.alpha < 0.5:
-            raise ConfigError(f"alpha={self.alpha} must be between 0 and 0.5")
-        if not (0.0 <= self.margin < 1.0 and 0.0 <= self.max_forgetting < 1.0 and 0.0 <= self.min_accuracy <= 1.0):
-            raise ConfigError("margin, max_forgetting and min_accuracy must be accuracies between 0 and 1")
-
-
-def onnx_probabilities(onnx_path: Path, images: np.ndarray, batch: int = 1024) -> np.ndarray:
-    import onnxruntime as ort
-
-    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-    logits = [session.run(["logits"], {"input": to_tensor(images[i:i + batch]).numpy()})[0]
-              for i in range(0, len(images), batch)]
-    return softmax(np.concatenate(logits) if logits else np.zeros((0, 1), np.float32))
-
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-    shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
-    return shifted / shifted.sum(axis=1, keepdims=True)
 
 
 def check_parity(model_dir: Path, images: np.ndarray) -> float:
     """Max |ONNX - PyTorch| logit difference; a mismatch means we would serve another model."""
-    import onnxruntime as ort
     import torch
-    from safetensors.torch import load_file
 
-    meta = json.loads((model_dir / META_FILE).read_text())
-    model = build_model(meta["arch"], meta["image_shape"], meta["num_classes"])
-    model.load_state_dict(load_file(str(model_dir / WEIGHTS_FILE)))
-    x = to_tensor(images[:256])
+    from components._shared.model.network import load_model_dir
+
+    x = to_array(images[:256])
     with torch.no_grad():
-        expected = model.eval()(x).numpy()
-    session = ort.InferenceSession(str(model_dir / ONNX_FILE), providers=["CPUExecutionProvider"])
-    actual = session.run(["logits"], {"input": x.numpy()})[0]
+        expected = load_model_dir(model_dir)(torch.from_numpy(x)).numpy()
+    actual = onnx_session(model_dir / ONNX_FILE).run(["logits"], {"input": x})[0]
     diff = float(np.abs(expected - actual).max()) if len(x) else 0.0
     if diff > PARITY_TOLERANCE:
-        raise CtpError(f"ONNX export differs from the PyTorch model by {diff:.2e} (> {PARITY_TOLERANCE})",
-                       hint="the served model would not be the evaluated one; check the export", code="ONNX_PARITY")
+        raise CtpError(
+            f"ONNX export differs from the PyTorch model by {diff:.2e} (> {PARITY_TOLERANCE})",
+            hint="the served model would not be the evaluated one; check the export",
+            code="ONNX_PARITY",
+        )
     return diff
 
 
@@ -85,8 +46,11 @@ def expected_calibration_error(labels: np.ndarray, probs: np.ndarray, bins: int 
     confidence = probs.max(axis=1)
     correct = probs.argmax(axis=1) == labels
     which = np.clip(np.ceil(confidence * bins).astype(int) - 1, 0, bins - 1)
-    gaps = [abs(correct[which == b].mean() - confidence[which == b].mean()) * (which == b).sum()
-            for b in range(bins) if (which == b).any()]
+    gaps = [
+        abs(correct[which == b].mean() - confidence[which == b].mean()) * (which == b).sum()
+        for b in range(bins)
+        if (which == b).any()
+    ]
     return float(sum(gaps) / len(labels)) if len(labels) else 0.0
 
 
@@ -105,8 +69,13 @@ def summary(labels: np.ndarray, probs: np.ndarray, ece_bins: int = 10) -> dict:
     }
 
 
-def metrics(labels: np.ndarray, probs: np.ndarray, batches: list[str], old_batches: frozenset[str] = frozenset(),
-            ece_bins: int = 10) -> dict:
+def metrics(
+    labels: np.ndarray,
+    probs: np.ndarray,
+    batches: list[str],
+    old_batches: frozenset[str] = frozenset(),
+    ece_bins: int = 10,
+) -> dict:
     """Overall metrics, confusion matrix, accuracy per batch, and the old/new data slices."""
     from sklearn.metrics import confusion_matrix
 
@@ -114,8 +83,11 @@ def metrics(labels: np.ndarray, probs: np.ndarray, batches: list[str], old_batch
     classes = sorted(set(labels.tolist()) | set(predicted.tolist()))
     batch_array = np.asarray(batches)
     is_old = np.isin(batch_array, sorted(old_batches))
-    slices = {name: summary(labels[mask], probs[mask], ece_bins)
-              for name, mask in ((OLD, is_old), (NEW, ~is_old)) if mask.any()}
+    slices = {
+        name: summary(labels[mask], probs[mask], ece_bins)
+        for name, mask in ((OLD, is_old), (NEW, ~is_old))
+        if mask.any()
+    }
     return {
         **summary(labels, probs, ece_bins),
         "classes": classes,
@@ -137,9 +109,17 @@ def paired_bootstrap(challenger_correct: np.ndarray, champion_correct: np.ndarra
     diff = challenger_correct.astype(float) - champion_correct.astype(float)
     samples = rng.integers(0, len(diff), size=(config.bootstrap, len(diff)))
     lower = float(np.quantile(diff[samples].mean(axis=1), config.alpha))
-    return {"test": "paired_bootstrap", "hypothesis": config.hypothesis, "delta": float(diff.mean()),
-            "lower_bound": lower, "threshold": _threshold(config), "passed": lower > _threshold(config),
-            "alpha": config.alpha, "margin": config.margin, "resamples": config.bootstrap}
+    return {
+        "test": "paired_bootstrap",
+        "hypothesis": config.hypothesis,
+        "delta": float(diff.mean()),
+        "lower_bound": lower,
+        "threshold": _threshold(config),
+        "passed": lower > _threshold(config),
+        "alpha": config.alpha,
+        "margin": config.margin,
+        "resamples": config.bootstrap,
+    }
 
 
 def mcnemar_exact(challenger_correct: np.ndarray, champion_correct: np.ndarray, config: EvaluateConfig) -> dict:
@@ -161,9 +141,18 @@ def mcnemar_exact(challenger_correct: np.ndarray, champion_correct: np.ndarray, 
     else:
         share = (discordant / n - margin) / (2 * discordant / n)
         p_value = float(binomtest(gains, discordant, share, alternative="greater").pvalue)
-    return {"test": "mcnemar", "hypothesis": config.hypothesis, "delta": (gains - losses) / n if n else 0.0,
-            "gains": gains, "losses": losses, "p_value": p_value, "threshold": -margin,
-            "passed": p_value < config.alpha, "alpha": config.alpha, "margin": config.margin}
+    return {
+        "test": "mcnemar",
+        "hypothesis": config.hypothesis,
+        "delta": (gains - losses) / n if n else 0.0,
+        "gains": gains,
+        "losses": losses,
+        "p_value": p_value,
+        "threshold": -margin,
+        "passed": p_value < config.alpha,
+        "alpha": config.alpha,
+        "margin": config.margin,
+    }
 
 
 PAIRED_TESTS = {"paired_bootstrap": paired_bootstrap, "mcnemar": mcnemar_exact}
@@ -172,11 +161,15 @@ PAIRED_TESTS = {"paired_bootstrap": paired_bootstrap, "mcnemar": mcnemar_exact}
 # --- the gate -------------------------------------------------------------------------------------
 def _paired_check(paired: dict) -> dict:
     if paired["test"] == "mcnemar":
-        detail = (f"accuracy delta {paired['delta']:+.4f}, McNemar exact p={paired['p_value']:.3g} "
-                  f"{'<' if paired['passed'] else '>='} alpha {paired['alpha']} for delta > {paired['threshold']:+g}")
+        detail = (
+            f"accuracy delta {paired['delta']:+.4f}, McNemar exact p={paired['p_value']:.3g} "
+            f"{'<' if paired['passed'] else '>='} alpha {paired['alpha']} for delta > {paired['threshold']:+g}"
+        )
     else:
-        detail = (f"accuracy delta {paired['delta']:+.4f} (lower bound {paired['lower_bound']:+.4f}) "
-                  f"{'>' if paired['passed'] else '<='} {paired['threshold']:+g} {paired['hypothesis']} threshold")
+        detail = (
+            f"accuracy delta {paired['delta']:+.4f} (lower bound {paired['lower_bound']:+.4f}) "
+            f"{'>' if paired['passed'] else '<='} {paired['threshold']:+g} {paired['hypothesis']} threshold"
+        )
     return {"name": paired["hypothesis"], "passed": paired["passed"], "reason": detail}
 
 
@@ -186,39 +179,71 @@ def _forgetting_check(challenger: dict, champion: dict, config: EvaluateConfig) 
         return None
     drop = old_champion["accuracy"] - old_challenger["accuracy"]
     passed = drop <= config.max_forgetting + 1e-12
-    return {"name": "forgetting", "passed": passed, "drop": drop,
-            "reason": (f"old-data accuracy {old_challenger['accuracy']:.4f} vs champion {old_champion['accuracy']:.4f}"
-                       f" (drop {drop:+.4f} {'<=' if passed else '>'} max_forgetting {config.max_forgetting})")}
+    return {
+        "name": "forgetting",
+        "passed": passed,
+        "drop": drop,
+        "reason": (
+            f"old-data accuracy {old_challenger['accuracy']:.4f} vs champion {old_champion['accuracy']:.4f}"
+            f" (drop {drop:+.4f} {'<=' if passed else '>'} max_forgetting {config.max_forgetting})"
+        ),
+    }
 
 
 def gate(challenger: dict, champion: dict | None, paired: dict | None, config: EvaluateConfig) -> dict:
     """Pass only if every check passes; the reason names the failed checks (or all when passing)."""
     if champion is None:
         ok = challenger["accuracy"] >= config.min_accuracy
-        checks = [{"name": "absolute", "passed": ok,
-                   "reason": f"accuracy {challenger['accuracy']:.4f} {'>=' if ok else '<'} {config.min_accuracy}"}]
+        checks = [
+            {
+                "name": "absolute",
+                "passed": ok,
+                "reason": f"accuracy {challenger['accuracy']:.4f} {'>=' if ok else '<'} {config.min_accuracy}",
+            }
+        ]
     else:
         checks = [c for c in (_paired_check(paired), _forgetting_check(challenger, champion, config)) if c]
     failed = [c for c in checks if not c["passed"]]
-    return {"decision": "fail" if failed else "pass", "rule": checks[0]["name"], "checks": checks,
-            "reason": "; ".join(c["reason"] for c in (failed or checks))}
+    return {
+        "decision": "fail" if failed else "pass",
+        "rule": checks[0]["name"],
+        "checks": checks,
+        "reason": "; ".join(c["reason"] for c in (failed or checks)),
+    }
 
 
-def compare(labels: np.ndarray, batches: list[str], challenger_probs: np.ndarray, champion_probs: np.ndarray | None,
-            old_batches: frozenset[str], config: EvaluateConfig) -> dict:
+def compare(
+    labels: np.ndarray,
+    batches: list[str],
+    challenger_probs: np.ndarray,
+    champion_probs: np.ndarray | None,
+    old_batches: frozenset[str],
+    config: EvaluateConfig,
+) -> dict:
     """Metrics of both models on the same examples, the paired test, and the gate."""
-    report = {"old_batches": sorted(old_batches), "champion": None, "paired": None,
-              "challenger": metrics(labels, challenger_probs, batches, old_batches, config.ece_bins)}
+    report = {
+        "old_batches": sorted(old_batches),
+        "champion": None,
+        "paired": None,
+        "challenger": metrics(labels, challenger_probs, batches, old_batches, config.ece_bins),
+    }
     if champion_probs is not None:
         report["champion"] = metrics(labels, champion_probs, batches, old_batches, config.ece_bins)
-        report["paired"] = PAIRED_TESTS[config.gate_test](challenger_probs.argmax(1) == labels,
-                                                          champion_probs.argmax(1) == labels, config)
+        report["paired"] = PAIRED_TESTS[config.gate_test](
+            challenger_probs.argmax(1) == labels, champion_probs.argmax(1) == labels, config
+        )
     report["gate"] = gate(report["challenger"], report["champion"], report["paired"], config)
     return report
 
 
-def evaluate(store: Store, fingerprint: str, challenger_dir: Path, champion_dir: Path | None,
-             config: EvaluateConfig, old_batches: frozenset[str] = frozenset()) -> dict:
+def evaluate(
+    store: Store,
+    fingerprint: str,
+    challenger_dir: Path,
+    champion_dir: Path | None,
+    config: EvaluateConfig,
+    old_batches: frozenset[str] = frozenset(),
+) -> dict:
     test: Split = load_split(store, fingerprint, "test")
     parity = check_parity(challenger_dir, test.images)
     challenger_probs = onnx_probabilities(challenger_dir / ONNX_FILE, test.images)
@@ -227,8 +252,9 @@ def evaluate(store: Store, fingerprint: str, challenger_dir: Path, champion_dir:
     return {"fingerprint": fingerprint, "onnx_parity_max_abs": parity, **report}
 
 
-def evaluate_against_champion(store: Store, model: str, fingerprint: str, challenger_dir: Path,
-                              config: EvaluateConfig) -> dict:
+def evaluate_against_champion(
+    store: Store, model: str, fingerprint: str, challenger_dir: Path, config: EvaluateConfig
+) -> dict:
     """Resolve the current champion (if any), fetch its ONNX file, and evaluate both; the batches
     in the champion's card are the old-data slice."""
     import tempfile
@@ -259,12 +285,19 @@ def _row(label: str, challenger: dict, champion: dict | None) -> str:
 def markdown_report(report: dict) -> str:
     """The evaluation as Markdown, for the KFP UI (Output[Markdown])."""
     challenger, champion, verdict = report["challenger"], report["champion"], report["gate"]
-    lines = [f"# Evaluation: gate {verdict['decision'].upper()}", "",
-             f"Test snapshot `{report['fingerprint']}`; champion `{report.get('champion_version') or 'none'}`; "
-             f"ONNX/PyTorch parity {report['onnx_parity_max_abs']:.1e}.", "", "## Gate", ""]
+    lines = [
+        f"# Evaluation: gate {verdict['decision'].upper()}",
+        "",
+        f"Test snapshot `{report['fingerprint']}`; champion `{report.get('champion_version') or 'none'}`; "
+        f"ONNX/PyTorch parity {report['onnx_parity_max_abs']:.1e}.",
+        "",
+        "## Gate",
+        "",
+    ]
     lines += [f"- {'pass' if c['passed'] else 'FAIL'} **{c['name']}**: {c['reason']}" for c in verdict["checks"]]
-    header = "| slice | n | accuracy | macro-F1 | ECE |" + (" champion acc | champion F1 | champion ECE |"
-                                                              if champion else "")
+    header = "| slice | n | accuracy | macro-F1 | ECE |" + (
+        " champion acc | champion F1 | champion ECE |" if champion else ""
+    )
     lines += ["", "## Slices", "", header, "|" + "---|" * (header.count("|") - 1), _row("all", challenger, champion)]
     for name, values in challenger["slices"].items():
         lines.append(_row(f"{name} data", values, champion["slices"].get(name) if champion else None))

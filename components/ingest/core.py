@@ -25,14 +25,27 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from components._shared.dataset import (
-    BATCH, BUCKETS, ID, IMAGE, LABEL, Finding, bucket_cut, buckets_of, check_batch_table, id_hashes, list_batches,
-    pixels_to_array, raise_on_errors, stable_buckets,
+    BATCH,
+    BUCKETS,
+    ID,
+    IMAGE,
+    LABEL,
+    Finding,
+    bucket_cut,
+    buckets_of,
+    check_batch_table,
+    id_hashes,
+    list_batches,
+    pixels_to_array,
+    raise_on_errors,
+    stable_buckets,
 )
-from components._shared.errors import AlreadyExists, ConfigError, DataValidationError, StoreUnavailable
+from components._shared.errors import AlreadyExists, DataValidationError, StoreUnavailable
 from components._shared.readahead import read_ahead
 from components._shared.registry import CHAMPION, Registry
 from components._shared.snapshot import SPLITS, SplitWriter, read_manifest, snapshot_prefix
 from components._shared.store import Store
+from components.ingest.config import IngestConfig
 from components.ingest.duplicates import DuplicateIds, Repeats
 
 CONTRACT_VERSION = 2  # 2: streamed snapshots with label counts, label names and findings
@@ -40,23 +53,8 @@ READ_ROWS = 2048  # rows per record batch: bounds memory whatever the dataset si
 WHOLE_ROW_GROUP_BYTES = 64 << 20  # a row group up to this size (uncompressed) is read in one go
 MAX_EXAMPLES = 5
 ETAG_WORKERS = 8  # concurrent ETag lookups while fingerprinting the source
+REPLAY_SALT = "replay:"
 MIN_REPLAY_PER_CLASS = 50  # replayed training rows a class keeps (in expectation) whatever the fraction
-
-
-@dataclasses.dataclass(frozen=True)
-class IngestConfig:
-    dataset: str = "digits"
-    test_fraction: float = 0.2
-    expected_fingerprint: str = ""  # computed before the run; "" = accept whatever is there
-    replay_fraction: float = 1.0  # share of each class's already-consumed training rows to keep
-    model: str = "digits"  # whose champion's card holds the watermark
-
-    def __post_init__(self):
-        if not 0.0 < self.test_fraction < 1.0:
-            raise ConfigError(f"test_fraction {self.test_fraction} must be between 0 and 1")
-        if not 0.0 <= self.replay_fraction <= 1.0:
-            raise ConfigError(f"replay_fraction {self.replay_fraction} must be between 0 and 1",
-                              hint="1.0 replays all earlier data, 0.0 trains on new batches only")
 
 
 @dataclasses.dataclass
@@ -96,18 +94,20 @@ def _source(store: Store, dataset: str) -> dict[str, list[tuple[str, str]]]:
 
 
 def _fingerprint(source: dict, test_fraction: float, replay_fraction: float, consumed: list[str]) -> str:
-    body: dict = {"v": CONTRACT_VERSION, "test_fraction": test_fraction,
-                  "objects": [list(entry) for entries in source.values() for entry in entries]}
+    body: dict = {
+        "v": CONTRACT_VERSION,
+        "test_fraction": test_fraction,
+        "objects": [list(entry) for entries in source.values() for entry in entries],
+    }
     if replay_fraction < 1.0:  # the window then depends on the watermark too
         body["replay"] = {"fraction": replay_fraction, "consumed": consumed, "min_per_class": MIN_REPLAY_PER_CLASS}
     return hashlib.sha256(json.dumps(body).encode()).hexdigest()[:32]
 
 
-def compute_fingerprint(store: Store, dataset: str, test_fraction: float, replay_fraction: float = 1.0,
-                        model: str = "digits") -> str:
+def compute_fingerprint(store: Store, config: IngestConfig) -> str:
     """A fingerprint of the data window from object ETags; cheap (no data is read on S3)."""
-    consumed = consumed_batches(store, model) if replay_fraction < 1.0 else []
-    return _fingerprint(_source(store, dataset), test_fraction, replay_fraction, consumed)
+    consumed = consumed_batches(store, config.model_name) if config.replay_fraction < 1.0 else []
+    return _fingerprint(_source(store, config.dataset), config.test_fraction, config.replay_fraction, consumed)
 
 
 def _column(filesystem, key: str, name: str) -> pa.ChunkedArray:
@@ -139,6 +139,21 @@ def replay_shares(label_counts: collections.Counter, fraction: float, test_fract
     return shares
 
 
+def replay_kept(ids: list[str], cuts: np.ndarray) -> np.ndarray:
+    """Which old training rows the replay keeps: each id's stable hash (salted, so independent of
+    the train/test split) below its class's bucket cut. The same ids are replayed on every run."""
+    return stable_buckets(ids, salt=REPLAY_SALT) < cuts
+
+
+def replay_sample(ids: list[str], labels: np.ndarray, fraction: float, test_fraction: float) -> np.ndarray:
+    """The replay of in-memory old rows (all of them, train and test): a test row is always kept
+    (the test split stays whole), a training row by the per-class rule ingest applies."""
+    shares = replay_shares(collections.Counter(labels.tolist()), fraction, test_fraction)
+    is_test = stable_buckets(ids) < bucket_cut(test_fraction)
+    cuts = np.array([bucket_cut(shares[label]) for label in labels.tolist()], np.int64)
+    return is_test | replay_kept(ids, cuts)
+
+
 class LabelMap:
     """Integer labels pass through; string labels become class indices in order of first
     appearance (sorted within a record batch), so indices stay put as batches accumulate."""
@@ -166,8 +181,9 @@ def _raise_if_store_failed(err: Exception, key: str) -> None:
     """pyarrow reports an S3 read that failed past its retries as an OSError naming the AWS
     error: that is the store being down, not a corrupt file, and must not become a finding."""
     if isinstance(err, OSError) and "AWS Error" in str(err):
-        raise StoreUnavailable(f"reading {key} kept failing: {err}",
-                               hint="check that the store is reachable, then re-run") from None
+        raise StoreUnavailable(
+            f"reading {key} kept failing: {err}", hint="check that the store is reachable, then re-run"
+        ) from None
 
 
 def _merge(findings: list[Finding], new: Finding) -> None:
@@ -297,13 +313,22 @@ class _Scan:
         if self.image_shape is None:
             self.image_shape, self.first_batch = images.shape[1:], batch
         if images.shape[1:] != self.image_shape:
-            self.add("IMAGE_SHAPE", batch, f"{len(images)} image(s) of shape {images.shape[1:]} differ from "
-                     f"batch={self.first_batch} {self.image_shape}", len(images))
+            self.add(
+                "IMAGE_SHAPE",
+                batch,
+                f"{len(images)} image(s) of shape {images.shape[1:]} differ from "
+                f"batch={self.first_batch} {self.image_shape}",
+                len(images),
+            )
             return
         labels = self.labels.encode(record_batch.column(LABEL))
         if labels is None:
-            self.add("LABEL_DTYPE", batch, f"label type {record_batch.column(LABEL).type} differs from earlier "
-                     f"batches ({self.labels.kind})", record_batch.num_rows)
+            self.add(
+                "LABEL_DTYPE",
+                batch,
+                f"label type {record_batch.column(LABEL).type} differs from earlier batches ({self.labels.kind})",
+                record_batch.num_rows,
+            )
             return
         ids = record_batch.column(ID).to_pylist()
         hashes = id_hashes(ids)
@@ -320,8 +345,9 @@ class _Scan:
         for batch, found in by_batch.items():
             count = sum(repeats.count for _, repeats in found)
             examples = [i for obj, repeats in found for i in self.ids_at(objects[obj][1], repeats.rows)]
-            self.add("DUPLICATE_ID", batch, f"{count} example id(s) appeared before", count, examples,
-                     severity="warning")
+            self.add(
+                "DUPLICATE_ID", batch, f"{count} example id(s) appeared before", count, examples, severity="warning"
+            )
 
     def ids_at(self, key: str, rows: list[int]) -> list[str]:
         """The ids of a few rows of a source object, read back (only the id column)."""
@@ -330,12 +356,19 @@ class _Scan:
         except (pa.ArrowException, OSError):  # a file that fails later on is an error of its own
             return [f"{key} row {row}" for row in rows]
 
-    def write(self, batch: str, id_column: pa.Array, ids: list[str], hashes: np.ndarray, images: np.ndarray,
-              labels: np.ndarray) -> None:
+    def write(
+        self,
+        batch: str,
+        id_column: pa.Array,
+        ids: list[str],
+        hashes: np.ndarray,
+        images: np.ndarray,
+        labels: np.ndarray,
+    ) -> None:
         is_test = buckets_of(hashes) < self.test_cut
         keep_train = ~is_test
         if batch in self.consumed and self.replay:
-            keep_train &= stable_buckets(ids, salt="replay:") < self.row_replay_cuts(labels)
+            keep_train &= replay_kept(ids, self.row_replay_cuts(labels))
         table = self.to_table(id_column, images, labels, batch)
         for split, mask in (("train", keep_train), ("test", is_test)):
             self.writer(split, table.schema).write_table(table.filter(pa.array(mask)))
@@ -357,10 +390,18 @@ class _Scan:
     @staticmethod
     def to_table(id_column: pa.Array, images: np.ndarray, labels: np.ndarray, batch: str) -> pa.Table:
         image_array, field = pixels_to_array(images)
-        schema = pa.schema([pa.field(ID, pa.string()), pa.field(BATCH, pa.string()), field,
-                            pa.field(LABEL, pa.int64())])
-        return pa.Table.from_arrays([id_column.cast(pa.string()), pa.array([batch] * len(labels), pa.string()),
-                                     image_array, pa.array(labels, pa.int64())], schema=schema)
+        schema = pa.schema(
+            [pa.field(ID, pa.string()), pa.field(BATCH, pa.string()), field, pa.field(LABEL, pa.int64())]
+        )
+        return pa.Table.from_arrays(
+            [
+                id_column.cast(pa.string()),
+                pa.array([batch] * len(labels), pa.string()),
+                image_array,
+                pa.array(labels, pa.int64()),
+            ],
+            schema=schema,
+        )
 
     def close(self) -> dict[str, dict]:
         return {f"{split}.parquet": self.writers[split].close() for split in SPLITS if split in self.writers}
@@ -374,13 +415,15 @@ class _Scan:
 
 def ingest(store: Store, config: IngestConfig) -> IngestResult:
     source = _source(store, config.dataset)
-    consumed = consumed_batches(store, config.model) if config.replay_fraction < 1.0 else []
+    consumed = consumed_batches(store, config.model_name) if config.replay_fraction < 1.0 else []
     fingerprint = _fingerprint(source, config.test_fraction, config.replay_fraction, consumed)
     if config.expected_fingerprint and config.expected_fingerprint != fingerprint:
         raise DataValidationError(
             f"data changed since the run was submitted (fingerprint {fingerprint}, "
             f"expected {config.expected_fingerprint})",
-            hint="submit a new run so its cache key matches the data", code="FINGERPRINT_MISMATCH")
+            hint="submit a new run so its cache key matches the data",
+            code="FINGERPRINT_MISMATCH",
+        )
     prefix = snapshot_prefix(fingerprint)
     if store.exists(prefix + "manifest.json"):
         return _result(read_manifest(store, fingerprint))
@@ -388,8 +431,9 @@ def ingest(store: Store, config: IngestConfig) -> IngestResult:
     replay = {}
     if consumed:
         old_keys = [key for batch in consumed for key, _ in source.get(batch, [])]
-        replay = replay_shares(_label_counts(store.arrow_filesystem(), old_keys), config.replay_fraction,
-                               config.test_fraction)
+        replay = replay_shares(
+            _label_counts(store.arrow_filesystem(), old_keys), config.replay_fraction, config.test_fraction
+        )
     scan = _Scan(store, prefix, config, set(consumed), replay)
     scan.run(source)
     if scan.has_errors() or not scan.writers:
@@ -401,11 +445,14 @@ def ingest(store: Store, config: IngestConfig) -> IngestResult:
         "dataset": config.dataset,
         "fingerprint": fingerprint,
         "test_fraction": config.test_fraction,
-        "created_at": dt.datetime.now(dt.timezone.utc).isoformat(),
+        "created_at": dt.datetime.now(dt.UTC).isoformat(),
         "batches": {b: [{"key": k, "etag": e} for k, e in entries] for b, entries in source.items()},
-        "window": {"new": [b for b in source if b not in consumed], "replayed": [b for b in source if b in consumed],
-                   "replay_fraction": config.replay_fraction,
-                   "replay_share": {str(label): replay[label] for label in sorted(replay, key=str)}},
+        "window": {
+            "new": [b for b in source if b not in consumed],
+            "replayed": [b for b in source if b in consumed],
+            "replay_fraction": config.replay_fraction,
+            "replay_share": {str(label): replay[label] for label in sorted(replay, key=str)},
+        },
         "objects": objects,
         "image_shape": list(scan.image_shape),
         "classes": sorted({c for counts in scan.label_counts.values() for c in counts}),

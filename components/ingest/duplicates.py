@@ -44,7 +44,8 @@ class DuplicateIds:
         entries = np.empty(len(hashes), _ENTRY)
         entries["hash"] = hashes
         entries["locator"] = (np.uint64(obj) << np.uint64(_ROW_BITS)) + np.arange(
-            first_row, first_row + len(hashes), dtype=np.uint64)
+            first_row, first_row + len(hashes), dtype=np.uint64
+        )
         self._pending.append(entries)
         self._pending_rows += len(entries)
         if self._pending_rows >= self.memory_rows:
@@ -61,7 +62,7 @@ class DuplicateIds:
             for obj, start, count in zip(unique.tolist(), starts.tolist(), counts.tolist()):
                 entry = found.setdefault(obj, Repeats())
                 entry.count += count
-                entry.rows = sorted(entry.rows + rows[start:start + min(count, examples)].tolist())[:examples]
+                entry.rows = sorted(entry.rows + rows[start : start + min(count, examples)].tolist())[:examples]
         return dict(sorted(found.items()))
 
     def close(self) -> None:
@@ -89,7 +90,7 @@ class DuplicateIds:
         bounds = np.searchsorted(partition[order], np.arange((1 << PARTITION_BITS) + 1))
         for part in np.flatnonzero(np.diff(bounds)):
             with open(Path(self._spill_dir.name) / f"{part:03d}.bin", "ab") as handle:
-                entries[order[bounds[part]:bounds[part + 1]]].tofile(handle)
+                entries[order[bounds[part] : bounds[part + 1]]].tofile(handle)
 
 
 def _repeats_in(entries: np.ndarray) -> np.ndarray:

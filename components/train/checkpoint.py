@@ -45,19 +45,24 @@ def latest_step(store: Store, run_id: str) -> int | None:
     return steps[0] if steps else None
 
 
-def save(store: Store, run_id: str, step: int, groups: dict[str, dict[str, torch.Tensor]], state: dict,
-         *, keep: int = 0) -> str:
+def save(
+    store: Store, run_id: str, step: int, groups: dict[str, dict[str, torch.Tensor]], state: dict, *, keep: int = 0
+) -> str:
     """Blobs first, then the manifest; then drop all but the newest ``keep`` (0: keep all)."""
     from safetensors.torch import save as to_bytes
 
     prefix = step_prefix(run_id, step)
-    blobs = {f"{name}.safetensors": to_bytes({k: v.detach().cpu().contiguous() for k, v in tensors.items()})
-             for name, tensors in groups.items()}
+    blobs = {
+        f"{name}.safetensors": to_bytes({k: v.detach().cpu().contiguous() for k, v in tensors.items()})
+        for name, tensors in groups.items()
+    }
     blobs[STATE] = json_bytes(state)
     for name, data in blobs.items():
         store.put_bytes(prefix + name, data)
-    store.put_json(prefix + MANIFEST, {"step": step, "created_at": utc_now(),
-                                       "files": {name: sha256_bytes(data) for name, data in blobs.items()}})
+    store.put_json(
+        prefix + MANIFEST,
+        {"step": step, "created_at": utc_now(), "files": {name: sha256_bytes(data) for name, data in blobs.items()}},
+    )
     if keep:
         prune(store, run_id, keep)
     return prefix
@@ -73,8 +78,10 @@ def load(store: Store, run_id: str, step: int) -> tuple[dict[str, dict[str, torc
     for name, digest in manifest["files"].items():
         data = store.get_bytes(prefix + name)
         if sha256_bytes(data) != digest:
-            raise IntegrityError(f"{store.describe(prefix + name)} does not match its checkpoint manifest",
-                                 hint=f"delete {store.describe(prefix)} to resume from the checkpoint before it")
+            raise IntegrityError(
+                f"{store.describe(prefix + name)} does not match its checkpoint manifest",
+                hint=f"delete {store.describe(prefix)} to resume from the checkpoint before it",
+            )
         if name == STATE:
             state = json.loads(data)
         else:
@@ -97,6 +104,7 @@ def prune(store: Store, run_id: str, keep: int) -> None:
 
 
 # --- optimizer and RNG state as tensors + JSON (no pickles) --------------------------------------
+
 
 def optimizer_to_parts(state_dict: dict) -> tuple[dict[str, torch.Tensor], dict]:
     """Split ``optimizer.state_dict()`` into tensors (``<param>.<name>``) and JSON-able rest."""

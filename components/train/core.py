@@ -15,7 +15,6 @@ import copy
 import dataclasses
 import json
 import os
-import signal
 import tempfile
 import time
 from pathlib import Path
@@ -27,107 +26,18 @@ import torch.nn as nn
 
 from components._shared.dataset import decode_images
 from components._shared.errors import ConfigError, IntegrityError
+from components._shared.model.files import EMBEDDING_FILE, META_FILE, ONNX_FILE, REFERENCE_FILE, WEIGHTS_FILE
+from components._shared.model.inputs import pixel_features
+from components._shared.model.network import architecture_for, build_model, embed, export_onnx, to_tensor
 from components._shared.snapshot import CORRUPT_HINT, Split, SplitFile, read_manifest, split_key, verify_split
 from components._shared.store import open_store
 from components.train import checkpoint
-from components.train.stream import SHUFFLE_ROWS, TrainStream, validation_mask
+from components.train.config import TrainConfig
+from components.train.faults import FaultPlan
+from components.train.stream import TrainStream, validation_mask
 
-WEIGHTS_FILE, ONNX_FILE, META_FILE = "model.safetensors", "model.onnx", "meta.json"
-INIT_POLICIES = ("auto", "warm", "scratch")
 REFERENCE_ROWS = 1000
 SHRINK, PERTURB = 0.4, 0.1  # shrink-and-perturb factors from Ash & Adams (2020)
-
-
-@dataclasses.dataclass
-class TrainConfig:
-    store_uri: str
-    fingerprint: str
-    out_dir: str
-    epochs: int = 5
-    batch_size: int = 64  # global: split across ranks
-    lr: float = 2e-3
-    seed: int = 0
-    init: str = "auto"
-    init_weights: str = ""  # champion weights (safetensors) to warm-start from, a local file
-    init_meta: str = ""  # the champion's meta.json, to check compatibility
-    model_name: str = ""  # with init_version: fetch the champion from the registry instead
-    init_version: str = ""
-    shrink_perturb: bool = False  # warm start only: shrink the weights and add fresh-init noise
-    distill: float = 0.0  # warm start only: weight of KL to the champion's softened outputs, on the
-    #                       rows the champion classifies correctly (mostly the replayed old data); 0 = off
-    distill_temperature: float = 2.0
-    patience: int = 0  # early stopping after this many epochs without validation gain; 0 = off
-    val_fraction: float = 0.1  # carved from train by a stable hash of the id, when patience > 0
-    run_id: str = ""  # names checkpoints/<run-id>/; a restarted worker resumes from there
-    checkpoint_every: int = 0  # optimizer steps between checkpoints; 0 = none
-    keep_checkpoints: int = 2  # newest complete checkpoints kept; 0 = all
-    loader_workers: int = 0  # DataLoader worker processes reading the snapshot per rank; 0 = in the loop
-    shuffle_rows: int = SHUFFLE_ROWS  # rows shuffled together; memory ~ (this + one row group) x image bytes
-    output_prefix: str = ""  # also upload the outputs to the store here (multi-node pods)
-
-    def __post_init__(self):
-        if self.init not in INIT_POLICIES:
-            raise ConfigError(f"init policy {self.init!r} unknown", hint=f"use one of {', '.join(INIT_POLICIES)}")
-        if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:
-            raise ConfigError("epochs and batch_size must be >= 1 and lr > 0")
-        if self.checkpoint_every < 0 or self.keep_checkpoints < 0 or self.patience < 0 or self.loader_workers < 0:
-            raise ConfigError("checkpoint_every, keep_checkpoints, patience and loader_workers must be >= 0")
-        if self.shuffle_rows < 1:
-            raise ConfigError(f"shuffle_rows {self.shuffle_rows} must be >= 1")
-        if self.checkpoint_every and not self.run_id:
-            raise ConfigError("checkpoint_every needs a run_id to name checkpoints/<run-id>/")
-        if self.distill < 0 or self.distill_temperature <= 0:
-            raise ConfigError("distill must be >= 0 and distill_temperature > 0")
-        if self.distill and self.shrink_perturb:
-            raise ConfigError("distill and shrink_perturb do not combine: the teacher is the unperturbed champion")
-        if self.patience and not 0.0 < self.val_fraction < 1.0:
-            raise ConfigError(f"val_fraction {self.val_fraction} must be between 0 and 1")
-
-    def save(self, path: Path) -> None:
-        path.write_text(json.dumps(dataclasses.asdict(self), indent=2))
-
-    @classmethod
-    def load(cls, path: str | Path) -> "TrainConfig":
-        return cls(**json.loads(Path(path).read_text()))
-
-
-class SmallCNN(nn.Module):
-    """Two conv layers and a classifier: enough for 8x8 digits, trains in seconds on a CPU."""
-
-    def __init__(self, in_channels: int, num_classes: int, side: int):
-        super().__init__()
-        self.features = nn.Sequential(
-            nn.Conv2d(in_channels, 32, 3, padding=1), nn.ReLU(),
-            nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Flatten(), nn.Linear(64 * (side // 2) ** 2, 128), nn.ReLU(),
-        )
-        self.classifier = nn.Linear(128, num_classes)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.features(x))
-
-
-def architecture_for(image_shape: list[int]) -> str:
-    h, w, _ = image_shape
-    return "small_cnn" if h == w and h <= 32 else "resnet18"
-
-
-def build_model(arch: str, image_shape: list[int], num_classes: int) -> nn.Module:
-    h, _, c = image_shape
-    if arch == "small_cnn":
-        return SmallCNN(c, num_classes, h)
-    if arch == "resnet18":
-        import torchvision
-
-        model = torchvision.models.resnet18(weights=None, num_classes=num_classes)
-        model.conv1 = nn.Conv2d(c, 64, kernel_size=7, stride=2, padding=3, bias=False)
-        return model
-    raise ConfigError(f"unknown architecture {arch!r}")
-
-
-def to_tensor(images: np.ndarray) -> torch.Tensor:
-    """(N, H, W, C) uint8 -> (N, C, H, W) float32 in 0..1: the one preprocessing, also in ONNX use."""
-    return torch.from_numpy(images.transpose(0, 3, 1, 2).copy()).float().div_(255.0)
 
 
 @dataclasses.dataclass
@@ -152,14 +62,18 @@ def setup_distributed() -> DistInfo:
     return DistInfo(dist.get_rank(), dist.get_world_size(), local_rank, backend)
 
 
-def initial_weights(model: nn.Module, config: TrainConfig, arch: str, image_shape: list[int],
-                    weights: str, meta_path: str) -> dict:
+def initial_weights(
+    model: nn.Module, config: TrainConfig, arch: str, image_shape: list[int], weights: str, meta_path: str
+) -> dict:
     """Apply the init policy to ``model`` from the champion's files; returns what was done."""
     if config.init == "scratch" or not weights:
         if config.init == "warm":
             raise ConfigError("init=warm but there is no champion to start from", hint="use init=auto")
-        return {"policy": config.init, "applied": "scratch", "reason": "requested" if config.init == "scratch"
-                else "no champion"}
+        return {
+            "policy": config.init,
+            "applied": "scratch",
+            "reason": "requested" if config.init == "scratch" else "no champion",
+        }
     from safetensors.torch import load_file
 
     meta = json.loads(Path(meta_path).read_text())
@@ -224,29 +138,6 @@ class Progress:
     stopped_early: bool = False
 
 
-@dataclasses.dataclass
-class FaultPlan:
-    """Test hook, used only by tests/reliability/test_kill_resume.py: with CTP_FAULT_KILL_AT_STEP=n
-    set, rank CTP_FAULT_RANK (default 1) SIGKILLs itself after step n, once: it first creates the
-    marker file CTP_FAULT_MARKER, and does nothing if that file exists."""
-
-    step: int
-    rank: int
-    marker: Path
-
-    @classmethod
-    def from_env(cls, env) -> "FaultPlan | None":
-        if not env.get("CTP_FAULT_KILL_AT_STEP"):
-            return None
-        return cls(int(env["CTP_FAULT_KILL_AT_STEP"]), int(env.get("CTP_FAULT_RANK", 1)),
-                   Path(env["CTP_FAULT_MARKER"]))
-
-    def maybe_kill(self, step: int, rank: int) -> None:
-        if step == self.step and rank == self.rank and not self.marker.exists():
-            self.marker.touch()
-            os.kill(os.getpid(), signal.SIGKILL)
-
-
 def train(config: TrainConfig) -> dict | None:
     """Train on the snapshot's train split; rank 0 writes outputs and returns the summary."""
     info = setup_distributed()
@@ -254,9 +145,16 @@ def train(config: TrainConfig) -> dict | None:
     store = open_store(config.store_uri)
     manifest = read_manifest(store, config.fingerprint)
     _verify_train_split(store, config.fingerprint, manifest, info)
-    stream = TrainStream(store, config.fingerprint, batch_size=max(1, config.batch_size // info.world_size),
-                         world_size=info.world_size, rank=info.rank, seed=config.seed,
-                         val_fraction=config.val_fraction if config.patience else 0.0, shuffle_rows=config.shuffle_rows)
+    stream = TrainStream(
+        store,
+        config.fingerprint,
+        batch_size=max(1, config.batch_size // info.world_size),
+        world_size=info.world_size,
+        rank=info.rank,
+        seed=config.seed,
+        val_fraction=config.val_fraction if config.patience else 0.0,
+        shuffle_rows=config.shuffle_rows,
+    )
     val_split = stream.validation
     image_shape = list(manifest["image_shape"])
     arch = architecture_for(image_shape)
@@ -280,16 +178,34 @@ def train(config: TrainConfig) -> dict | None:
         dist.destroy_process_group()
     if info.rank != 0:
         return None
-    meta = {"arch": arch, "image_shape": image_shape, "num_classes": max(classes) + 1, "classes": classes,
-            "init": init, "history": progress.history, "world_size": info.world_size, "backend": info.backend,
-            "amp": device.type == "cuda", "epochs": config.epochs, "batch_size": config.batch_size, "lr": config.lr,
-            "seed": config.seed, "fingerprint": config.fingerprint, "train_rows": stream.rows,
-            "train_seconds": progress.train_seconds, "steps": progress.step,
-            "early_stopping": loop.early_stopping_summary(progress),
-            "checkpoints": loop.checkpoint_summary()}
-    write_outputs(model.cpu().eval(), stream.sample_images(REFERENCE_ROWS, config.seed),
-                  held_out_sample(store, config.fingerprint, manifest, REFERENCE_ROWS, config.seed), meta,
-                  Path(config.out_dir))
+    meta = {
+        "arch": arch,
+        "image_shape": image_shape,
+        "num_classes": max(classes) + 1,
+        "classes": classes,
+        "init": init,
+        "history": progress.history,
+        "world_size": info.world_size,
+        "backend": info.backend,
+        "amp": device.type == "cuda",
+        "epochs": config.epochs,
+        "batch_size": config.batch_size,
+        "lr": config.lr,
+        "seed": config.seed,
+        "fingerprint": config.fingerprint,
+        "train_rows": stream.rows,
+        "train_seconds": progress.train_seconds,
+        "steps": progress.step,
+        "early_stopping": loop.early_stopping_summary(progress),
+        "checkpoints": loop.checkpoint_summary(),
+    }
+    write_outputs(
+        model.cpu().eval(),
+        stream.sample_images(REFERENCE_ROWS, config.seed),
+        held_out_sample(store, config.fingerprint, manifest, REFERENCE_ROWS, config.seed),
+        meta,
+        Path(config.out_dir),
+    )
     if config.output_prefix:
         upload_outputs(store, Path(config.out_dir), config.output_prefix)
     return meta
@@ -309,9 +225,11 @@ def _verify_train_split(store, fingerprint: str, manifest: dict, info: DistInfo)
         corrupt = torch.tensor([failure is not None], dtype=torch.uint8, device=device)
         dist.broadcast(corrupt, src=0)
         if corrupt.item() and failure is None:
-            failure = IntegrityError(f"{store.describe(split_key(fingerprint, 'train'))} does not match its "
-                                     "manifest checksum (found by rank 0)",
-                                     hint=CORRUPT_HINT)
+            failure = IntegrityError(
+                f"{store.describe(split_key(fingerprint, 'train'))} does not match its "
+                "manifest checksum (found by rank 0)",
+                hint=CORRUPT_HINT,
+            )
     if failure is not None:
         raise failure
 
@@ -325,8 +243,10 @@ def _champion_files(store, config: TrainConfig, tmp: Path) -> tuple[str, str]:
     from components._shared.registry import Registry
 
     registry = Registry(store, config.model_name)
-    return (str(registry.fetch(config.init_version, WEIGHTS_FILE, tmp / WEIGHTS_FILE)),
-            str(registry.fetch(config.init_version, META_FILE, tmp / META_FILE)))
+    return (
+        str(registry.fetch(config.init_version, WEIGHTS_FILE, tmp / WEIGHTS_FILE)),
+        str(registry.fetch(config.init_version, META_FILE, tmp / META_FILE)),
+    )
 
 
 def _champion_classes(config: TrainConfig, meta_path: str) -> list[int]:
@@ -343,8 +263,9 @@ def _teacher(model: nn.Module) -> nn.Module:
     return teacher
 
 
-def distillation_loss(logits: torch.Tensor, teacher_logits: torch.Tensor, y: torch.Tensor,
-                      temperature: float) -> torch.Tensor:
+def distillation_loss(
+    logits: torch.Tensor, teacher_logits: torch.Tensor, y: torch.Tensor, temperature: float
+) -> torch.Tensor:
     """Learning without forgetting, gated: KL(teacher || student) at ``temperature`` (times T^2),
     on the rows the teacher gets right, averaged over the batch. On replayed old rows it keeps the
     champion's function; on new rows it is silent where the champion is wrong."""
@@ -352,9 +273,12 @@ def distillation_loss(logits: torch.Tensor, teacher_logits: torch.Tensor, y: tor
     if not keep.any():
         return logits.new_zeros(())
     t = temperature
-    kl = nn.functional.kl_div(nn.functional.log_softmax(logits[keep].float() / t, 1),
-                              nn.functional.log_softmax(teacher_logits[keep].float() / t, 1),
-                              reduction="sum", log_target=True)
+    kl = nn.functional.kl_div(
+        nn.functional.log_softmax(logits[keep].float() / t, 1),
+        nn.functional.log_softmax(teacher_logits[keep].float() / t, 1),
+        reduction="sum",
+        log_target=True,
+    )
     return kl * t * t / keep.sum()
 
 
@@ -364,8 +288,8 @@ def _accuracy(model: nn.Module, split: Split, device, info: DistInfo) -> float:
     model.eval()
     correct = 0
     for start in range(0, len(split), 1024):
-        x = to_tensor(split.images[start:start + 1024]).to(device)
-        y = torch.from_numpy(split.labels[start:start + 1024]).to(device)
+        x = to_tensor(split.images[start : start + 1024]).to(device)
+        y = torch.from_numpy(split.labels[start : start + 1024]).to(device)
         correct += int((model(x).argmax(1) == y).sum())
     model.train()
     value = torch.tensor([correct / max(len(split), 1)], dtype=torch.float64, device=device)  # nccl: CUDA tensors
@@ -377,8 +301,16 @@ def _accuracy(model: nn.Module, split: Split, device, info: DistInfo) -> float:
 class _Loop:
     """The training loop with checkpoints, resume and early stopping. AMP on CUDA only."""
 
-    def __init__(self, model: nn.Module, stream: TrainStream, config: TrainConfig, info: DistInfo, device, store,
-                 teacher: nn.Module | None = None):
+    def __init__(
+        self,
+        model: nn.Module,
+        stream: TrainStream,
+        config: TrainConfig,
+        info: DistInfo,
+        device,
+        store,
+        teacher: nn.Module | None = None,
+    ):
         self.model, self.stream, self.val, self.teacher = model, stream, stream.validation, teacher
         self.config, self.info, self.device, self.store = config, info, device, store
         self.net = nn.parallel.DistributedDataParallel(model) if info.world_size > 1 else model
@@ -405,7 +337,7 @@ class _Loop:
                 if self.config.checkpoint_every and progress.step % self.config.checkpoint_every == 0:
                     self._save(progress)
                 if fault:
-                    fault.maybe_kill(progress.step, self.info.rank)
+                    fault.after_step(progress.step, self.info.rank)
         if self.best_state:
             self.model.load_state_dict(self.best_state)
         return progress
@@ -416,8 +348,9 @@ class _Loop:
         from torch.utils.data import DataLoader
 
         self.stream.set_epoch(epoch, skip_steps)
-        return DataLoader(self.stream, batch_size=None, num_workers=self.config.loader_workers,
-                          pin_memory=self.device.type == "cuda")
+        return DataLoader(
+            self.stream, batch_size=None, num_workers=self.config.loader_workers, pin_memory=self.device.type == "cuda"
+        )
 
     def _step(self, x, y, progress: Progress) -> None:
         started = time.perf_counter()
@@ -429,8 +362,9 @@ class _Loop:
             if self.teacher is not None:
                 with torch.no_grad():
                     teacher_logits = self.teacher(x)
-                loss = loss + self.config.distill * distillation_loss(logits, teacher_logits, y,
-                                                                      self.config.distill_temperature)
+                loss = loss + self.config.distill * distillation_loss(
+                    logits, teacher_logits, y, self.config.distill_temperature
+                )
         self.scaler.scale(loss).backward()
         self.scaler.step(self.optimizer)
         self.scaler.update()
@@ -443,10 +377,14 @@ class _Loop:
 
     def _end_epoch(self, progress: Progress) -> None:
         epoch = progress.step // self.steps_per_epoch
-        entry = {"epoch": epoch, "step": progress.step, "loss": progress.epoch_loss / max(progress.epoch_seen, 1),
-                 "seconds": progress.epoch_seconds,  # in optimizer steps (compute and all-reduce)
-                 "wall_seconds": time.perf_counter() - self.epoch_started,  # and reading the data
-                 "examples_per_s": progress.epoch_seen * self.info.world_size / max(progress.epoch_seconds, 1e-9)}
+        entry = {
+            "epoch": epoch,
+            "step": progress.step,
+            "loss": progress.epoch_loss / max(progress.epoch_seen, 1),
+            "seconds": progress.epoch_seconds,  # in optimizer steps (compute and all-reduce)
+            "wall_seconds": time.perf_counter() - self.epoch_started,  # and reading the data
+            "examples_per_s": progress.epoch_seen * self.info.world_size / max(progress.epoch_seconds, 1e-9),
+        }
         if self.val is not None:
             entry["val_accuracy"] = _accuracy(self.model, self.val, self.device, self.info)
             self._early_stopping(entry["val_accuracy"], epoch, progress)
@@ -454,8 +392,11 @@ class _Loop:
         progress.epoch_loss, progress.epoch_seen, progress.epoch_seconds = 0.0, 0, 0.0
         if self.info.rank == 0:
             val = f" val_acc={entry['val_accuracy']:.4f}" if "val_accuracy" in entry else ""
-            print(f"[train] epoch {epoch}/{self.config.epochs} step {progress.step} loss={entry['loss']:.4f}{val} "
-                  f"{entry['examples_per_s']:.0f} ex/s (world={self.info.world_size})", flush=True)
+            print(
+                f"[train] epoch {epoch}/{self.config.epochs} step {progress.step} loss={entry['loss']:.4f}{val} "
+                f"{entry['examples_per_s']:.0f} ex/s (world={self.info.world_size})",
+                flush=True,
+            )
 
     def _early_stopping(self, val_accuracy: float, epoch: int, progress: Progress) -> None:
         if val_accuracy > progress.best_val:
@@ -470,10 +411,15 @@ class _Loop:
             groups = {"model": self.model.state_dict(), "optimizer": optimizer_tensors, "rng": checkpoint.rng_tensors()}
             if self.best_state:
                 groups["best"] = self.best_state
-            state = {"progress": dataclasses.asdict(progress), "optimizer": optimizer_rest,
-                     "scaler": self.scaler.state_dict(), "identity": self._identity()}
-            prefix = checkpoint.save(self.store, self.config.run_id, progress.step, groups, state,
-                                     keep=self.config.keep_checkpoints)
+            state = {
+                "progress": dataclasses.asdict(progress),
+                "optimizer": optimizer_rest,
+                "scaler": self.scaler.state_dict(),
+                "identity": self._identity(),
+            }
+            prefix = checkpoint.save(
+                self.store, self.config.run_id, progress.step, groups, state, keep=self.config.keep_checkpoints
+            )
             print(f"[train] checkpoint {self.store.describe(prefix)}", flush=True)
         if self.info.world_size > 1:
             dist.barrier()  # no rank runs ahead of a checkpoint it might have to resume from
@@ -481,9 +427,18 @@ class _Loop:
     def _identity(self) -> dict:
         """What must match for a checkpoint to be resumed by this run."""
         c = self.config
-        return {"fingerprint": c.fingerprint, "batch_size": c.batch_size, "lr": c.lr, "seed": c.seed, "init": c.init,
-                "world_size": self.info.world_size, "loader_workers": c.loader_workers, "shuffle_rows": c.shuffle_rows,
-                "distill": c.distill, "distill_temperature": c.distill_temperature}
+        return {
+            "fingerprint": c.fingerprint,
+            "batch_size": c.batch_size,
+            "lr": c.lr,
+            "seed": c.seed,
+            "init": c.init,
+            "world_size": self.info.world_size,
+            "loader_workers": c.loader_workers,
+            "shuffle_rows": c.shuffle_rows,
+            "distill": c.distill,
+            "distill_temperature": c.distill_temperature,
+        }
 
     def _resume(self) -> Progress | None:
         if not self.config.checkpoint_every:
@@ -493,8 +448,10 @@ class _Loop:
             return None
         groups, state = checkpoint.load(self.store, self.config.run_id, step)
         if state["identity"] != self._identity():
-            raise ConfigError(f"checkpoints/{self.config.run_id}/ belongs to a different training "
-                              f"({state['identity']})", hint="use a new run id, or delete that checkpoint folder")
+            raise ConfigError(
+                f"checkpoints/{self.config.run_id}/ belongs to a different training ({state['identity']})",
+                hint="use a new run id, or delete that checkpoint folder",
+            )
         self.model.load_state_dict(groups["model"])
         self.optimizer.load_state_dict(checkpoint.optimizer_from_parts(groups["optimizer"], state["optimizer"]))
         self.scaler.load_state_dict(state["scaler"])
@@ -506,17 +463,25 @@ class _Loop:
         return Progress(**state["progress"])
 
     def checkpoint_summary(self) -> dict:
-        return {"every": self.config.checkpoint_every, "run_id": self.config.run_id,
-                "resumed_from_step": self.resumed_from,
-                "restart_count": int(os.environ.get("TORCHELASTIC_RESTART_COUNT", 0))}
+        return {
+            "every": self.config.checkpoint_every,
+            "run_id": self.config.run_id,
+            "resumed_from_step": self.resumed_from,
+            "restart_count": int(os.environ.get("TORCHELASTIC_RESTART_COUNT", 0)),
+        }
 
     def early_stopping_summary(self, progress: Progress) -> dict | None:
         if self.val is None:
             return None
-        return {"patience": self.config.patience, "val_fraction": self.config.val_fraction,
-                "val_rows": len(self.val), "best_epoch": progress.best_epoch,
-                "best_val_accuracy": progress.best_val, "stopped_early": progress.stopped_early,
-                "epochs_run": len(progress.history)}
+        return {
+            "patience": self.config.patience,
+            "val_fraction": self.config.val_fraction,
+            "val_rows": len(self.val),
+            "best_epoch": progress.best_epoch,
+            "best_val_accuracy": progress.best_val,
+            "stopped_early": progress.stopped_early,
+            "epochs_run": len(progress.history),
+        }
 
 
 def upload_outputs(store, out_dir: Path, prefix: str) -> None:
@@ -534,42 +499,16 @@ def held_out_sample(store, fingerprint: str, manifest: dict, size: int, seed: in
         return decode_images(split.sample_table(size, seed))
 
 
-def encoder(model: nn.Module) -> nn.Module:
-    """The model up to its penultimate layer: the representation drift is decided on."""
-    if isinstance(model, SmallCNN):
-        return model.features
-    return nn.Sequential(*list(model.children())[:-1], nn.Flatten())  # ResNet: all but the classifier
-
-
-@torch.no_grad()
-def embed(model: nn.Module, images: np.ndarray, batch: int = 1024) -> np.ndarray:
-    """(N, H, W, C) uint8 -> (N, D) float32 penultimate-layer embeddings (model in eval mode)."""
-    net = encoder(model).eval()
-    pieces = [net(to_tensor(images[start:start + batch])).numpy() for start in range(0, len(images), batch)]
-    return np.concatenate(pieces).astype(np.float32) if pieces else np.zeros((0, 0), np.float32)
-
-
-def write_outputs(model: nn.Module, reference_images: np.ndarray, held_out_images: np.ndarray, meta: dict,
-                  out_dir: Path) -> None:
+def write_outputs(
+    model: nn.Module, reference_images: np.ndarray, held_out_images: np.ndarray, meta: dict, out_dir: Path
+) -> None:
     """Weights, ONNX, meta, and the drift references: pooled-pixel features of a sample of the
     training images (reference.npy) and the model's embeddings of held-out images."""
     from safetensors.torch import save_file
 
-    from components.validate_data.core import EMBEDDING_FILE, REFERENCE_FILE
-    from components.validate_data.drift import features
-
     out_dir.mkdir(parents=True, exist_ok=True)
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(out_dir / WEIGHTS_FILE))
     export_onnx(model, meta["image_shape"], out_dir / ONNX_FILE)
-    np.save(out_dir / REFERENCE_FILE, features(reference_images), allow_pickle=False)
+    np.save(out_dir / REFERENCE_FILE, pixel_features(reference_images), allow_pickle=False)
     np.save(out_dir / EMBEDDING_FILE, embed(model, held_out_images), allow_pickle=False)
     (out_dir / META_FILE).write_text(json.dumps(meta, indent=2))
-
-
-def export_onnx(model: nn.Module, image_shape: list[int], path: Path) -> None:
-    """Export with a dynamic batch axis: input 'input' (N, C, H, W) float 0..1, output 'logits'."""
-    h, w, c = image_shape
-    example = torch.zeros(2, c, h, w)
-    batch = torch.export.Dim("batch", min=1, max=65536)
-    torch.onnx.export(model, (example,), str(path), input_names=["input"], output_names=["logits"],
-                      dynamic_shapes=({0: batch},), dynamo=True, external_data=False, verbose=False)

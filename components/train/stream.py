@@ -23,7 +23,7 @@ stream. A seeded uniform sample of at most VALIDATION_ROWS of them is held in me
 
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -34,8 +34,8 @@ from components._shared.dataset import ID, IMAGE, LABEL, bucket_cut, decode_imag
 from components._shared.errors import DataValidationError
 from components._shared.snapshot import Split, SplitFile, split_from_table
 from components._shared.store import Store
+from components.train.config import SHUFFLE_ROWS
 
-SHUFFLE_ROWS = 4096  # rows per shuffle window; memory ~ (window + one row group) x bytes per image
 VALIDATION_ROWS = 10_000  # at most this many carved rows are kept for validation (a uniform sample)
 VALIDATION_SEED = 0  # the validation sample does not change with the training seed
 
@@ -64,8 +64,18 @@ class TrainStream(IterableDataset):
     Reads the split's footer (and, with a validation carve, its id column) when built; the
     caller verifies the split's checksum first (snapshot.verify_split)."""
 
-    def __init__(self, store: Store, fingerprint: str, *, batch_size: int, world_size: int = 1, rank: int = 0,
-                 seed: int = 0, val_fraction: float = 0.0, shuffle_rows: int = SHUFFLE_ROWS):
+    def __init__(
+        self,
+        store: Store,
+        fingerprint: str,
+        *,
+        batch_size: int,
+        world_size: int = 1,
+        rank: int = 0,
+        seed: int = 0,
+        val_fraction: float = 0.0,
+        shuffle_rows: int = SHUFFLE_ROWS,
+    ):
         self.store, self.fingerprint, self.seed = store, fingerprint, seed
         self.batch_size, self.world_size, self.rank, self.val_fraction = batch_size, world_size, rank, val_fraction
         self.window_rows = max(1, shuffle_rows // batch_size) * batch_size  # whole batches: none spans two
@@ -75,13 +85,16 @@ class TrainStream(IterableDataset):
             if val_fraction:
                 carved = split.count(self._in_validation, [ID])
                 self.validation = split_from_table(
-                    split.sample_table(VALIDATION_ROWS, VALIDATION_SEED, keep=self._in_validation, counts=carved))
+                    split.sample_table(VALIDATION_ROWS, VALIDATION_SEED, keep=self._in_validation, counts=carved)
+                )
                 self.group_rows = [rows - c for rows, c in zip(self.group_rows, carved, strict=True)]
         self.rows = sum(self.group_rows)
         self.rank_rows = self.rows // world_size
         if self.rank_rows == 0:
-            raise DataValidationError(f"{self.rows} training row(s) cannot give each of {world_size} ranks a row",
-                                      hint="add data or train on fewer ranks")
+            raise DataValidationError(
+                f"{self.rows} training row(s) cannot give each of {world_size} ranks a row",
+                hint="add data or train on fewer ranks",
+            )
         self.epoch, self.skip_batches = 0, 0
 
     @property
@@ -105,8 +118,9 @@ class TrainStream(IterableDataset):
         low, high = share.start * self.batch_size, min(share.stop * self.batch_size, self.rank_rows)
         resume_at = low + skipped_in_share(self.skip_batches, worker, workers) * self.batch_size
         with SplitFile(self.store, self.fingerprint, "train") as split:
-            rows = _EpochRows(split, self._group_order(), self.group_rows,
-                              self._is_training if self.val_fraction else None)
+            rows = _EpochRows(
+                split, self._group_order(), self.group_rows, self._is_training if self.val_fraction else None
+            )
             offset = self.rank * self.rank_rows
             for start in range(low, high, self.window_rows):
                 stop = min(start + self.window_rows, high)
@@ -114,14 +128,15 @@ class TrainStream(IterableDataset):
                     rng = np.random.default_rng([self.seed, self.epoch, self.rank, worker, workers, start])
                     yield from self._shuffled(rows.read(offset + start, offset + stop), rng, max(resume_at - start, 0))
 
-    def _shuffled(self, window: tuple[np.ndarray, np.ndarray], rng: np.random.Generator,
-                  skip_rows: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def _shuffled(
+        self, window: tuple[np.ndarray, np.ndarray], rng: np.random.Generator, skip_rows: int
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """A window's rows in batches, in a seeded order, after the first ``skip_rows``. The window
         is released when this returns, before the next one is read."""
         images, labels = window
         order = rng.permutation(len(labels))
         for first in range(skip_rows, len(order), self.batch_size):
-            take = order[first:first + self.batch_size]
+            take = order[first : first + self.batch_size]
             yield torch.from_numpy(images[take]), torch.from_numpy(labels[take])
 
     def sample_images(self, size: int, seed: int) -> np.ndarray:

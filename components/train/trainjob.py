@@ -13,12 +13,13 @@ import dataclasses
 import hashlib
 import re
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
+from components._shared.cluster import ClusterSettings
 from components._shared.errors import CtpError
 from components._shared.images import TRAINER_IMAGE
-from components.train.ddp import MAX_RESTARTS, RESTARTABLE_ENV
+from components.train.torchrun import ENTRY_POINT, MAX_RESTARTS, RESTARTABLE_ENV
 
 GROUP, VERSION, PLURAL, KIND = "trainer.kubeflow.org", "v1alpha1", "trainjobs", "TrainJob"
 SERVICE_ACCOUNT_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
@@ -30,17 +31,12 @@ class TrainJobError(CtpError):
 
 @dataclasses.dataclass(frozen=True)
 class TrainJobSettings:
-    """Per-node resources and where to run; pipelines/gpu.py fills this from the cluster settings."""
+    """The job itself; per-node resources and credentials come from the pipeline's cluster settings."""
 
+    cluster: ClusterSettings = ClusterSettings()
     namespace: str = ""  # empty: the namespace of the pod that submits the job
     runtime: str = "torch-distributed"  # a ClusterTrainingRuntime shipped with Kubeflow Trainer
     image: str = TRAINER_IMAGE
-    accelerator_type: str = "nvidia.com/gpu"
-    gpus_per_node: int = 1
-    cpu: str = "8"
-    memory: str = "32G"
-    minio_secret: str = "ctp-minio"
-    settings_config_map: str = "ctp-settings"
     timeout_s: float = 6 * 3600
     poll_s: float = 15.0
 
@@ -54,30 +50,56 @@ def job_name(run_id: str) -> str:
 POD_LABELS = {"app.kubernetes.io/part-of": "ctp", "app.kubernetes.io/component": "training"}
 
 
-def build(settings: TrainJobSettings, *, name: str, namespace: str, num_nodes: int, nproc_per_node: int,
-          store_uri: str, config_key: str):
+def build(
+    settings: TrainJobSettings,
+    *,
+    name: str,
+    namespace: str,
+    num_nodes: int,
+    nproc_per_node: int,
+    store_uri: str,
+    config_key: str,
+):
     """The TrainJob as the Trainer API model (validated on construction)."""
     from kubeflow_trainer_api import models as m
 
     if num_nodes < 1 or nproc_per_node < 1:
-        raise TrainJobError(f"num_nodes={num_nodes}, nproc_per_node={nproc_per_node}; both must be >= 1",
-                            code="CONFIG_INVALID")
-    resources = {"cpu": settings.cpu, "memory": settings.memory}
-    if settings.gpus_per_node:
-        resources[settings.accelerator_type] = str(settings.gpus_per_node)
+        raise TrainJobError(
+            f"num_nodes={num_nodes}, nproc_per_node={nproc_per_node}; both must be >= 1", code="CONFIG_INVALID"
+        )
+    cluster = settings.cluster
+    resources = {"cpu": cluster.train_cpu, "memory": cluster.train_memory}
+    if cluster.gpus:
+        resources[cluster.accelerator_type] = str(cluster.gpus)
     quantities = {k: m.IoK8sApimachineryPkgApiResourceQuantity(v) for k, v in resources.items()}
     return m.TrainerV1alpha1TrainJob(
-        api_version=f"{GROUP}/{VERSION}", kind=KIND,
+        api_version=f"{GROUP}/{VERSION}",
+        kind=KIND,
         metadata=m.IoK8sApimachineryPkgApisMetaV1ObjectMeta(name=name, namespace=namespace, labels=POD_LABELS),
         spec=m.TrainerV1alpha1TrainJobSpec(
             runtime_ref=m.TrainerV1alpha1RuntimeRef(name=settings.runtime),
             runtime_patches=[_pod_label_patch(m)],
             trainer=m.TrainerV1alpha1Trainer(
-                image=settings.image, num_nodes=num_nodes, num_proc_per_node=nproc_per_node,
-                command=["python", "-m", "torch.distributed.run", f"--max-restarts={MAX_RESTARTS}",
-                         "-m", "components.train.ddp", "--store", store_uri, "--config", config_key],
+                image=settings.image,
+                num_nodes=num_nodes,
+                num_proc_per_node=nproc_per_node,
+                command=[
+                    "python",
+                    "-m",
+                    "torch.distributed.run",
+                    f"--max-restarts={MAX_RESTARTS}",
+                    "-m",
+                    ENTRY_POINT,
+                    "--store",
+                    store_uri,
+                    "--config",
+                    config_key,
+                ],
                 env=_store_env(m, settings),
-                resources_per_node=m.IoK8sApiCoreV1ResourceRequirements(limits=quantities, requests=quantities))))
+                resources_per_node=m.IoK8sApiCoreV1ResourceRequirements(limits=quantities, requests=quantities),
+            ),
+        ),
+    )
 
 
 def _pod_label_patch(m):
@@ -86,37 +108,66 @@ def _pod_label_patch(m):
     runtime's replicated job; the controller strategic-merges this into its JobSet."""
     pod = m.TrainerV1alpha1PodTemplatePatch(metadata=m.IoK8sApimachineryPkgApisMetaV1ObjectMeta(labels=POD_LABELS))
     job = m.TrainerV1alpha1ReplicatedJobPatch(
-        name="node", template=m.TrainerV1alpha1JobTemplatePatch(spec=m.TrainerV1alpha1JobSpecPatch(template=pod)))
+        name="node", template=m.TrainerV1alpha1JobTemplatePatch(spec=m.TrainerV1alpha1JobSpecPatch(template=pod))
+    )
     return m.TrainerV1alpha1RuntimePatch(
         manager="ctp.dev/train",
-        training_runtime_spec=m.TrainerV1alpha1TrainingRuntimeSpecPatch(template=m.TrainerV1alpha1JobSetTemplatePatch(
-            spec=m.TrainerV1alpha1JobSetSpecPatch(replicated_jobs=[job]))))
+        training_runtime_spec=m.TrainerV1alpha1TrainingRuntimeSpecPatch(
+            template=m.TrainerV1alpha1JobSetTemplatePatch(spec=m.TrainerV1alpha1JobSetSpecPatch(replicated_jobs=[job]))
+        ),
+    )
 
 
 def _store_env(m, settings: TrainJobSettings) -> list:
     """MinIO endpoint from the settings ConfigMap and credentials from the Secret, as for every step;
     and what torchrun needs to restart a worker group."""
+
     def ref(name: str, key: str, kind: str):
-        selector = (m.IoK8sApiCoreV1SecretKeySelector(name=name, key=key) if kind == "secret"
-                    else m.IoK8sApiCoreV1ConfigMapKeySelector(name=name, key=key))
-        source = (m.IoK8sApiCoreV1EnvVarSource(secret_key_ref=selector) if kind == "secret"
-                  else m.IoK8sApiCoreV1EnvVarSource(config_map_key_ref=selector))
+        selector = (
+            m.IoK8sApiCoreV1SecretKeySelector(name=name, key=key)
+            if kind == "secret"
+            else m.IoK8sApiCoreV1ConfigMapKeySelector(name=name, key=key)
+        )
+        source = (
+            m.IoK8sApiCoreV1EnvVarSource(secret_key_ref=selector)
+            if kind == "secret"
+            else m.IoK8sApiCoreV1EnvVarSource(config_map_key_ref=selector)
+        )
         return m.IoK8sApiCoreV1EnvVar(name=key, value_from=source)
 
-    return [*(m.IoK8sApiCoreV1EnvVar(name=k, value=v) for k, v in RESTARTABLE_ENV.items()),
-            ref(settings.minio_secret, "MINIO_ACCESS_KEY", "secret"),
-            ref(settings.minio_secret, "MINIO_SECRET_KEY", "secret"),
-            ref(settings.settings_config_map, "MINIO_ENDPOINT", "config_map"),
-            ref(settings.settings_config_map, "MINIO_SECURE", "config_map")]
+    return [
+        *(m.IoK8sApiCoreV1EnvVar(name=k, value=v) for k, v in RESTARTABLE_ENV.items()),
+        ref(settings.cluster.minio_secret, "MINIO_ACCESS_KEY", "secret"),
+        ref(settings.cluster.minio_secret, "MINIO_SECRET_KEY", "secret"),
+        ref(settings.cluster.settings_config_map, "MINIO_ENDPOINT", "config_map"),
+        ref(settings.cluster.settings_config_map, "MINIO_SECURE", "config_map"),
+    ]
 
 
-def run(settings: TrainJobSettings, api, *, run_id: str, num_nodes: int, nproc_per_node: int, store_uri: str,
-        config_key: str, sleep: Callable[[float], None] = time.sleep,
-        clock: Callable[[], float] = time.monotonic, log: Callable[[str], None] = print) -> dict:
+def run(
+    settings: TrainJobSettings,
+    api,
+    *,
+    run_id: str,
+    num_nodes: int,
+    nproc_per_node: int,
+    store_uri: str,
+    config_key: str,
+    sleep: Callable[[float], None] = time.sleep,
+    clock: Callable[[], float] = time.monotonic,
+    log: Callable[[str], None] = print,
+) -> dict:
     """Create the TrainJob and wait until it completes; returns its final status."""
     namespace = settings.namespace or _own_namespace()
-    job = build(settings, name=job_name(run_id), namespace=namespace, num_nodes=num_nodes,
-                nproc_per_node=nproc_per_node, store_uri=store_uri, config_key=config_key)
+    job = build(
+        settings,
+        name=job_name(run_id),
+        namespace=namespace,
+        num_nodes=num_nodes,
+        nproc_per_node=nproc_per_node,
+        store_uri=store_uri,
+        config_key=config_key,
+    )
     name = job.metadata.name
     _create(api, namespace, job.to_dict(), log)
     return wait(api, namespace, name, settings, sleep=sleep, clock=clock, log=log)
@@ -130,10 +181,12 @@ def _create(api, namespace: str, body: dict, log) -> None:
         log(f"[trainjob] created {namespace}/{body['metadata']['name']}")
     except ApiException as err:
         if err.status != 409:
-            raise TrainJobError(f"creating TrainJob {namespace}/{body['metadata']['name']} failed: "
-                                f"HTTP {err.status} {err.reason}", code="TRAINJOB_SUBMIT",
-                                hint="check that Kubeflow Trainer is installed and the step's service account "
-                                     "may create trainjobs.trainer.kubeflow.org") from None
+            raise TrainJobError(
+                f"creating TrainJob {namespace}/{body['metadata']['name']} failed: HTTP {err.status} {err.reason}",
+                code="TRAINJOB_SUBMIT",
+                hint="check that Kubeflow Trainer is installed and the step's service account "
+                "may create trainjobs.trainer.kubeflow.org",
+            ) from None
         log(f"[trainjob] {namespace}/{body['metadata']['name']} already exists (a retried step): waiting for it")
 
 
@@ -150,15 +203,19 @@ def wait(api, namespace: str, name: str, settings: TrainJobSettings, *, sleep, c
         conditions = {c["type"]: c for c in status.get("conditions", []) if c.get("status") == "True"}
         if "Failed" in conditions:
             c = conditions["Failed"]
-            raise TrainJobError(f"TrainJob {namespace}/{name} failed: {c.get('reason', '')}: {c.get('message', '')}",
-                                hint=f"kubectl logs -n {namespace} -l trainer.kubeflow.org/trainjob-name={name}")
+            raise TrainJobError(
+                f"TrainJob {namespace}/{name} failed: {c.get('reason', '')}: {c.get('message', '')}",
+                hint=f"kubectl logs -n {namespace} -l trainer.kubeflow.org/trainjob-name={name}",
+            )
         if "Complete" in conditions:
             return status
         if clock() >= deadline:
             api.delete_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
-            raise TrainJobError(f"TrainJob {namespace}/{name} did not finish within {settings.timeout_s:.0f} s; "
-                                "deleted it", code="TRAINJOB_TIMEOUT",
-                                hint="raise the timeout, or check for pending pods (GPU quota, node pool size)")
+            raise TrainJobError(
+                f"TrainJob {namespace}/{name} did not finish within {settings.timeout_s:.0f} s; deleted it",
+                code="TRAINJOB_TIMEOUT",
+                hint="raise the timeout, or check for pending pods (GPU quota, node pool size)",
+            )
         sleep(settings.poll_s)
 
 
@@ -168,8 +225,10 @@ def describe(status: dict) -> str:
 
     parsed = TrainerV1alpha1TrainJobStatus.from_dict(status)
     conditions = [f"{c.type}({c.reason})" for c in parsed.conditions or [] if c.status == "True"]
-    jobs = [f"{j.name} active={j.active} ready={j.ready} succeeded={j.succeeded} failed={j.failed}"
-            for j in parsed.jobs_status or []]
+    jobs = [
+        f"{j.name} active={j.active} ready={j.ready} succeeded={j.succeeded} failed={j.failed}"
+        for j in parsed.jobs_status or []
+    ]
     return "; ".join(conditions + jobs) or "pending"
 
 
@@ -177,8 +236,11 @@ def _own_namespace() -> str:
     try:
         return SERVICE_ACCOUNT_NAMESPACE.read_text().strip()
     except FileNotFoundError:
-        raise TrainJobError("num_nodes > 1 needs a namespace and none was given", code="NO_CLUSTER",
-                            hint="run on Kubernetes, or set the TrainJob namespace") from None
+        raise TrainJobError(
+            "num_nodes > 1 needs a namespace and none was given",
+            code="NO_CLUSTER",
+            hint="run on Kubernetes, or set the TrainJob namespace",
+        ) from None
 
 
 def custom_objects_api():
@@ -191,7 +253,9 @@ def custom_objects_api():
         try:
             config.load_kube_config()
         except (config.ConfigException, FileNotFoundError):
-            raise TrainJobError("num_nodes > 1 submits a Kubeflow Trainer TrainJob, and no Kubernetes cluster is "
-                                "reachable", code="NO_CLUSTER",
-                                hint="use num_nodes=1 locally, or run the pipeline on Kubeflow") from None
+            raise TrainJobError(
+                "num_nodes > 1 submits a Kubeflow Trainer TrainJob, and no Kubernetes cluster is reachable",
+                code="NO_CLUSTER",
+                hint="use num_nodes=1 locally, or run the pipeline on Kubeflow",
+            ) from None
     return client.CustomObjectsApi()

@@ -7,16 +7,26 @@ from components._shared.images import BASE_IMAGE
 
 
 @dsl.component(base_image=BASE_IMAGE, install_kfp_package=False)
-def validate_data(store_uri: str, model: str, allow_new_classes: bool, run_id: str, snapshot: Input[Dataset],
-                  report: Output[Artifact], report_markdown: Output[Markdown], drift_plot: Output[Artifact]):
+def validate_data(
+    store_uri: str,
+    model_name: str,
+    allow_new_classes: bool,
+    run_id: str,
+    snapshot: Input[Dataset],
+    report: Output[Artifact],
+    report_markdown: Output[Markdown],
+    drift_plot: Output[Artifact],
+):
     import json
 
     from components._shared.runtime import step
-    from components.validate_data.core import ValidateConfig, publish, raise_on_errors, validate
+    from components.validate_data.config import ValidateConfig
+    from components.validate_data.core import publish, raise_on_errors, validate
 
     fingerprint = snapshot.metadata["fingerprint"]
     with step("validate-data", store_uri, run_id) as store:
-        result = validate(store, fingerprint, ValidateConfig(model=model, allow_new_classes=allow_new_classes))
+        config = ValidateConfig(model_name=model_name, allow_new_classes=allow_new_classes)
+        result = validate(store, fingerprint, config)
         keys = publish(store, run_id, result)
         with open(report.path, "w") as handle:
             json.dump(result.report, handle, indent=2)

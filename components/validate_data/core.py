@@ -16,26 +16,19 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from components._shared.dataset import BATCH, Finding, decode_images, raise_on_errors as raise_findings
+from components._shared.dataset import BATCH, Finding, decode_images
+from components._shared.dataset import raise_on_errors as raise_findings
+from components._shared.model.files import EMBEDDING_FILE, META_FILE, REFERENCE_FILE, WEIGHTS_FILE
+from components._shared.model.inputs import pixel_features
 from components._shared.registry import CHAMPION, Registry
 from components._shared.snapshot import SplitFile, read_manifest, verify_split
 from components._shared.store import Store
 from components.validate_data import drift
+from components.validate_data.config import ValidateConfig
 from components.validate_data.drift import EMBEDDING, PIXELS
 
-REFERENCE_FILE = "reference.npy"  # pooled-pixel features of a sample of the champion's training images
-EMBEDDING_FILE = "reference_embedding.npy"  # the champion's embeddings of held-out images
 WINDOW_ROWS = 10_000  # drift is tested on a seeded uniform sample of at most this many window rows
 WINDOW_SEED = 0
-
-
-@dataclasses.dataclass(frozen=True)
-class ValidateConfig:
-    model: str = "digits"
-    allow_new_classes: bool = False
-    min_train_rows: int = 20
-    max_train_rows: int = 0  # 0: no upper bound
-    drift_p_val: float = 0.05
 
 
 @dataclasses.dataclass
@@ -55,11 +48,11 @@ class Champion:
 
     def represent(self, images: np.ndarray) -> np.ndarray:
         """The images in the representation drift is decided on (the monitor needs no other)."""
-        return self.encoder(images) if self.representation == EMBEDDING else drift.features(images)
+        return self.encoder(images) if self.representation == EMBEDDING else pixel_features(images)
 
     def features(self, images: np.ndarray) -> dict[str, np.ndarray]:
         """The images in every representation this champion can compare."""
-        found = {PIXELS: drift.features(images)}
+        found = {PIXELS: pixel_features(images)}
         if self.representation == EMBEDDING:
             found[EMBEDDING] = self.encoder(images)
         return found
@@ -91,15 +84,13 @@ def _load_npy(registry: Registry, version: str, card: dict, name: str) -> np.nda
 
 def _load_encoder(registry: Registry, version: str, card: dict) -> Callable[[np.ndarray], np.ndarray] | None:
     """The champion's penultimate layer (from its safetensors weights), when its card holds them."""
-    from components.train.core import META_FILE, WEIGHTS_FILE, build_model, embed
-
     if not {WEIGHTS_FILE, META_FILE} <= card.get("files", {}).keys():
         return None
-    from safetensors.torch import load
+    from components._shared.model.network import embed, load_model
 
-    meta = json.loads(registry.read_verified(version, META_FILE))
-    model = build_model(meta["arch"], meta["image_shape"], meta["num_classes"])
-    model.load_state_dict(load(registry.read_verified(version, WEIGHTS_FILE)))
+    model = load_model(
+        json.loads(registry.read_verified(version, META_FILE)), registry.read_verified(version, WEIGHTS_FILE)
+    )
     return lambda images: embed(model, images)
 
 
@@ -108,18 +99,26 @@ def check_snapshot(manifest: dict, champion: Champion | None, config: ValidateCo
     findings = [Finding(**f) for f in manifest.get("findings", [])]
     rows = manifest["objects"]["train.parquet"]["rows"]
     if rows < config.min_train_rows:
-        findings.append(Finding("ROW_COUNT", "error", "*", f"{rows} training rows; need at least "
-                                f"{config.min_train_rows}", rows))
+        findings.append(
+            Finding("ROW_COUNT", "error", "*", f"{rows} training rows; need at least {config.min_train_rows}", rows)
+        )
     if config.max_train_rows and rows > config.max_train_rows:
-        findings.append(Finding("ROW_COUNT", "error", "*", f"{rows} training rows; expected at most "
-                                f"{config.max_train_rows}", rows))
+        findings.append(
+            Finding("ROW_COUNT", "error", "*", f"{rows} training rows; expected at most {config.max_train_rows}", rows)
+        )
     if champion is None:
         return findings
     data = champion.card.get("data", {})
     shape = tuple(data.get("image_shape", ()))
     if shape and tuple(manifest["image_shape"]) != shape:
-        findings.append(Finding("IMAGE_SHAPE", "error", next(iter(manifest["batches"]), "*"),
-                                f"image shape {tuple(manifest['image_shape'])} differs from the champion's {shape}"))
+        findings.append(
+            Finding(
+                "IMAGE_SHAPE",
+                "error",
+                next(iter(manifest["batches"]), "*"),
+                f"image shape {tuple(manifest['image_shape'])} differs from the champion's {shape}",
+            )
+        )
     findings += _label_contract_findings(manifest, data)
     known = set(data.get("classes", []))
     if known:
@@ -133,15 +132,31 @@ def _label_contract_findings(manifest: dict, data: dict) -> list[Finding]:
     they move if the batches that introduced a class were removed)."""
     kind, names = manifest.get("label_kind"), manifest.get("label_names") or []
     if data.get("label_kind") and kind and kind != data["label_kind"]:
-        return [Finding("LABEL_DTYPE", "error", "*", f"labels are {_KINDS[kind]}; the champion was trained on "
-                        f"{_KINDS[data['label_kind']]} (convert them, or start a new model)")]
+        return [
+            Finding(
+                "LABEL_DTYPE",
+                "error",
+                "*",
+                f"labels are {_KINDS[kind]}; the champion was trained on "
+                f"{_KINDS[data['label_kind']]} (convert them, or start a new model)",
+            )
+        ]
     old = data.get("label_names") or []
-    moved = [i for i, name in enumerate(old[:len(names)]) if names[i] != name]  # absent classes just have no rows
+    moved = [i for i, name in enumerate(old[: len(names)]) if names[i] != name]  # absent classes just have no rows
     if moved:
         shown = [f"{i}: {old[i]!r} -> {names[i]!r}" for i in moved[:5]]
-        return [Finding("LABEL_DOMAIN", "error", "*", f"{len(moved)} class index(es) no longer mean what they meant "
-                        f"to the champion ({', '.join(shown)}); restore the batches that introduced them, or "
-                        "start a new model", len(moved), shown)]
+        return [
+            Finding(
+                "LABEL_DOMAIN",
+                "error",
+                "*",
+                f"{len(moved)} class index(es) no longer mean what they meant "
+                f"to the champion ({', '.join(shown)}); restore the batches that introduced them, or "
+                "start a new model",
+                len(moved),
+                shown,
+            )
+        ]
     return []
 
 
@@ -155,9 +170,16 @@ def _new_class_findings(manifest: dict, known: set[int], allowed: bool) -> list[
         new = sorted(int(c) for c in counts if int(c) not in known)
         if new:
             shown = [names[c] for c in new] if names else new
-            findings.append(Finding("LABEL_NEW_CLASS", "warning" if allowed else "error", batch,
-                                    f"label(s) {shown[:5]} are not among the champion's classes",
-                                    sum(counts[str(c)] for c in new), shown[:5]))
+            findings.append(
+                Finding(
+                    "LABEL_NEW_CLASS",
+                    "warning" if allowed else "error",
+                    batch,
+                    f"label(s) {shown[:5]} are not among the champion's classes",
+                    sum(counts[str(c)] for c in new),
+                    shown[:5],
+                )
+            )
     return findings
 
 
@@ -176,8 +198,9 @@ def _label_counts(manifest: dict, batches: list[str]) -> dict[int, int]:
     return total
 
 
-def _window_features(store: Store, fingerprint: str, manifest: dict, batches: list[str],
-                     champion: Champion | None) -> dict[str, np.ndarray]:
+def _window_features(
+    store: Store, fingerprint: str, manifest: dict, batches: list[str], champion: Champion | None
+) -> dict[str, np.ndarray]:
     """Drift features of a sample of the window's training rows (all of them up to WINDOW_ROWS),
     in every representation the champion compares, read a row group at a time: memory stays
     bounded whatever the snapshot's size."""
@@ -187,18 +210,19 @@ def _window_features(store: Store, fingerprint: str, manifest: dict, batches: li
     def in_window(table: pa.Table) -> np.ndarray:
         return pc.is_in(table.column(BATCH), value_set=window).to_numpy()
 
-    pieces: dict[str, list[np.ndarray]] = {PIXELS: [np.zeros((0, drift.FEATURE_SIDE ** 2), np.float32)]}
+    pieces: dict[str, list[np.ndarray]] = {PIXELS: [np.zeros((0, drift.FEATURE_SIDE**2), np.float32)]}
     with SplitFile(store, fingerprint, "train") as split:
         for table in split.sample(WINDOW_ROWS, WINDOW_SEED, keep=in_window, keep_columns=[BATCH]):
             images = decode_images(table)
-            found = champion.features(images) if champion else {PIXELS: drift.features(images)}
+            found = champion.features(images) if champion else {PIXELS: pixel_features(images)}
             for name, array in found.items():
                 pieces.setdefault(name, []).append(array)
     return {name: np.concatenate(arrays) for name, arrays in pieces.items()}
 
 
-def drift_report(store: Store, fingerprint: str, manifest: dict, champion: Champion | None,
-                 config: ValidateConfig) -> tuple[dict, bytes]:
+def drift_report(
+    store: Store, fingerprint: str, manifest: dict, champion: Champion | None, config: ValidateConfig
+) -> tuple[dict, bytes]:
     """KS decides feature drift, MMD gives a second opinion, Chi-square tests the labels. The
     features are the champion's embedding when it has one (what the model sees), else pooled
     pixels; the plot's mean images are always the pixels (what a person can look at)."""
@@ -220,15 +244,23 @@ def drift_report(store: Store, fingerprint: str, manifest: dict, champion: Champ
         decision = "insufficient_data"
     else:
         decision = "drift" if ks["is_drift"] or labels["is_drift"] else "no_drift"
-    report = {**base, "decision": decision, "is_drift": decision == "drift", "reference_version": champion.version,
-              "representation": representation, "n_reference": int(len(reference)), **feature, "labels": labels}
+    report = {
+        **base,
+        "decision": decision,
+        "is_drift": decision == "drift",
+        "reference_version": champion.version,
+        "representation": representation,
+        "n_reference": int(len(reference)),
+        **feature,
+        "labels": labels,
+    }
     return report, drift.plot_png(report, champion.reference.mean(axis=0), pixels.mean(axis=0))
 
 
 def validate(store: Store, fingerprint: str, config: ValidateConfig) -> Validation:
     """Builds the whole report (it never stops early); call raise_on_errors to stop the run."""
     manifest = read_manifest(store, fingerprint)
-    champion = load_champion(store, config.model)
+    champion = load_champion(store, config.model_name)
     findings = check_snapshot(manifest, champion, config)
     drift_result, plot = drift_report(store, fingerprint, manifest, champion, config)
     report = {
@@ -253,8 +285,10 @@ def publish(store: Store, run_id: str, validation: Validation) -> dict[str, str]
 
 
 def raise_on_errors(report: dict) -> None:
-    raise_findings([Finding(**f) for f in report["findings"]],
-                   hint="fix or remove the batch, then re-run; the champion is unchanged")
+    raise_findings(
+        [Finding(**f) for f in report["findings"]],
+        hint="fix or remove the batch, then re-run; the champion is unchanged",
+    )
 
 
 def _cell(value) -> str:
@@ -264,13 +298,22 @@ def _cell(value) -> str:
 def report_markdown(report: dict) -> str:
     """The report as Markdown for the KFP UI: status, every finding, and the drift tests."""
     rows = report["rows"]
-    lines = [f"# Data validation: {report['status'].upper()}", "",
-             f"fingerprint `{report['fingerprint']}` · champion `{report['champion'] or 'none'}` · "
-             f"rows: train {rows['train']}, test {rows['test']}", "", "## Findings", ""]
+    lines = [
+        f"# Data validation: {report['status'].upper()}",
+        "",
+        f"fingerprint `{report['fingerprint']}` · champion `{report['champion'] or 'none'}` · "
+        f"rows: train {rows['train']}, test {rows['test']}",
+        "",
+        "## Findings",
+        "",
+    ]
     if report["findings"]:
         lines += ["| code | severity | batch | count | examples | message |", "|---|---|---|---|---|---|"]
-        lines += [f"| {f['code']} | {f['severity']} | {_cell(f['batch'])} | {f['count']} | "
-                  f"{_cell(', '.join(map(str, f['examples'])))} | {_cell(f['message'])} |" for f in report["findings"]]
+        lines += [
+            f"| {f['code']} | {f['severity']} | {_cell(f['batch'])} | {f['count']} | "
+            f"{_cell(', '.join(map(str, f['examples'])))} | {_cell(f['message'])} |"
+            for f in report["findings"]
+        ]
     else:
         lines.append("No problems found.")
     lines += ["", *_drift_markdown(report["drift"])]
@@ -278,21 +321,44 @@ def report_markdown(report: dict) -> str:
 
 
 def _drift_markdown(result: dict) -> list[str]:
-    lines = [f"## Drift: {result['decision']}", "",
-             f"window: batches {', '.join(result['window_batches'])} ({result['n_window']} rows)"]
+    lines = [
+        f"## Drift: {result['decision']}",
+        "",
+        f"window: batches {', '.join(result['window_batches'])} ({result['n_window']} rows)",
+    ]
     if "features" not in result:
         return lines + ["", result.get("reason", "")]
-    lines += [f"reference: champion `{result['reference_version']}` ({result['n_reference']} rows)", "",
-              "| test | what | p-value | threshold | decision |", "|---|---|---|---|---|"]
+    lines += [
+        f"reference: champion `{result['reference_version']}` ({result['n_reference']} rows)",
+        "",
+        "| test | what | p-value | threshold | decision |",
+        "|---|---|---|---|---|",
+    ]
     ks, mmd, labels = result["features"], result["mmd"], result["labels"]
     space = "champion embedding" if result.get("representation") == EMBEDDING else "pooled pixels"
-    lines.append(_test_row(f"KS, {ks.get('n_features', 64)} {space} features, Bonferroni",
-                           f"{ks.get('features_drifted', '-')} feature(s) drifted", ks.get("min_p_val"),
-                           ks.get("threshold"), ks))
-    lines.append(_test_row(f"MMD (second opinion, {mmd['n_reference']} vs {mmd['n_window']} rows)",
-                           f"MMD² {mmd.get('mmd2', float('nan')):.2e}", mmd.get("p_value"), mmd["p_val"], mmd))
-    lines.append(_test_row("Chi-square on labels", f"classes {labels['classes']}", labels.get("p_value"),
-                           labels["p_val"], labels))
+    lines.append(
+        _test_row(
+            f"KS, {ks.get('n_features', 64)} {space} features, Bonferroni",
+            f"{ks.get('features_drifted', '-')} feature(s) drifted",
+            ks.get("min_p_val"),
+            ks.get("threshold"),
+            ks,
+        )
+    )
+    lines.append(
+        _test_row(
+            f"MMD (second opinion, {mmd['n_reference']} vs {mmd['n_window']} rows)",
+            f"MMD² {mmd.get('mmd2', float('nan')):.2e}",
+            mmd.get("p_value"),
+            mmd["p_val"],
+            mmd,
+        )
+    )
+    lines.append(
+        _test_row(
+            "Chi-square on labels", f"classes {labels['classes']}", labels.get("p_value"), labels["p_val"], labels
+        )
+    )
     return lines
 
 

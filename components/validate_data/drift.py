@@ -2,7 +2,7 @@
 
 Imported lazily: `import alibi_detect.cd` costs seconds, so only the drift path pays for it.
 Features are the champion's penultimate-layer embedding when there is one (validate-data and
-the monitor pass them in), else downsampled pixels (8x8 grayscale, `features`); KS is the
+the monitor pass them in), else downsampled pixels (8x8 grayscale, `model.inputs.pixel_features`); KS is the
 decision, MMD on a bounded subsample is a second opinion, Chi-square tests the label distribution.
 """
 
@@ -13,7 +13,8 @@ import io
 
 import numpy as np
 
-FEATURE_SIDE = 8  # images are pooled to 8x8 grayscale: 64 features, cheap for KS
+from components._shared.model.inputs import FEATURE_SIDE
+
 EMBEDDING, PIXELS = "champion_embedding", "pooled_pixels"  # the representations drift is decided on
 MIN_ROWS = 30
 MMD_ROWS = 200  # per side: the permutation test is O(n^2) per permutation, so it is subsampled
@@ -21,30 +22,26 @@ MMD_PERMUTATIONS = 100
 P_CAP = 20  # the plot's -log10 p axis stops here
 
 
-def features(images: np.ndarray) -> np.ndarray:
-    """(N, H, W, C) uint8 -> (N, 64) float32: grayscale, average-pooled to 8x8, scaled to 0..1."""
-    gray = images.astype(np.float32).mean(axis=3) / 255.0
-    n, h, w = gray.shape
-    if (h, w) == (FEATURE_SIDE, FEATURE_SIDE):
-        return gray.reshape(n, -1)
-    import torch
-    import torch.nn.functional as F
-
-    pooled = F.adaptive_avg_pool2d(torch.from_numpy(gray)[:, None], FEATURE_SIDE)
-    return pooled.reshape(n, -1).numpy()
-
-
 def _too_few(base: dict, n_reference: int, n_window: int) -> dict | None:
     if n_reference < MIN_ROWS or n_window < MIN_ROWS:
-        return {**base, "decision": "insufficient_data", "is_drift": False,
-                "reason": f"need at least {MIN_ROWS} rows on each side"}
+        return {
+            **base,
+            "decision": "insufficient_data",
+            "is_drift": False,
+            "reason": f"need at least {MIN_ROWS} rows on each side",
+        }
     return None
 
 
 def ks_drift(reference: np.ndarray, window: np.ndarray, p_val: float = 0.05) -> dict:
     """Feature-wise Kolmogorov-Smirnov with Bonferroni correction (alibi-detect KSDrift)."""
-    base = {"test": "ks", "p_val": p_val, "correction": "bonferroni",
-            "n_reference": int(len(reference)), "n_window": int(len(window))}
+    base = {
+        "test": "ks",
+        "p_val": p_val,
+        "correction": "bonferroni",
+        "n_reference": int(len(reference)),
+        "n_window": int(len(window)),
+    }
     too_few = _too_few(base, len(reference), len(window))
     if too_few:
         return too_few
@@ -83,14 +80,21 @@ def _seeded_single_thread_torch(seed: int):
             torch.set_num_threads(threads)
 
 
-def mmd_drift(reference: np.ndarray, window: np.ndarray, p_val: float = 0.05, *, max_rows: int = MMD_ROWS,
-              seed: int = 0) -> dict:
+def mmd_drift(
+    reference: np.ndarray, window: np.ndarray, p_val: float = 0.05, *, max_rows: int = MMD_ROWS, seed: int = 0
+) -> dict:
     """Maximum Mean Discrepancy (alibi-detect MMDDrift, pytorch backend) on a bounded subsample."""
     rng = np.random.default_rng(seed)
     ref = reference[np.sort(rng.permutation(len(reference))[:max_rows])].astype(np.float32)
     win = window[np.sort(rng.permutation(len(window))[:max_rows])].astype(np.float32)
-    base = {"test": "mmd", "p_val": p_val, "permutations": MMD_PERMUTATIONS, "max_rows": max_rows,
-            "n_reference": int(len(ref)), "n_window": int(len(win))}
+    base = {
+        "test": "mmd",
+        "p_val": p_val,
+        "permutations": MMD_PERMUTATIONS,
+        "max_rows": max_rows,
+        "n_reference": int(len(ref)),
+        "n_window": int(len(win)),
+    }
     too_few = _too_few(base, len(ref), len(win))
     if too_few:
         return too_few
@@ -100,17 +104,29 @@ def mmd_drift(reference: np.ndarray, window: np.ndarray, p_val: float = 0.05, *,
         detector = MMDDrift(ref, backend="pytorch", p_val=p_val, n_permutations=MMD_PERMUTATIONS, device="cpu")
         data = detector.predict(win)["data"]
     is_drift = bool(data["is_drift"])
-    return {**base, "decision": "drift" if is_drift else "no_drift", "is_drift": is_drift,
-            "p_value": float(data["p_val"]), "mmd2": float(data["distance"]),
-            "mmd2_threshold": float(data["distance_threshold"])}
+    return {
+        **base,
+        "decision": "drift" if is_drift else "no_drift",
+        "is_drift": is_drift,
+        "p_value": float(data["p_val"]),
+        "mmd2": float(data["distance"]),
+        "mmd2_threshold": float(data["distance_threshold"]),
+    }
 
 
 def label_drift(reference_counts: dict[int, int], window_counts: dict[int, int], p_val: float = 0.05) -> dict:
     """Chi-square test of the label distribution (alibi-detect ChiSquareDrift on class indices)."""
     classes = sorted(set(reference_counts) | set(window_counts))
     n_ref, n_win = sum(reference_counts.values()), sum(window_counts.values())
-    base = {"test": "chi2", "p_val": p_val, "n_reference": n_ref, "n_window": n_win, "classes": classes,
-            "reference_share": _shares(reference_counts, classes), "window_share": _shares(window_counts, classes)}
+    base = {
+        "test": "chi2",
+        "p_val": p_val,
+        "n_reference": n_ref,
+        "n_window": n_win,
+        "classes": classes,
+        "reference_share": _shares(reference_counts, classes),
+        "window_share": _shares(window_counts, classes),
+    }
     too_few = _too_few(base, n_ref, n_win)
     if too_few:
         return too_few
@@ -122,8 +138,13 @@ def label_drift(reference_counts: dict[int, int], window_counts: dict[int, int],
     detector = ChiSquareDrift(column(reference_counts), p_val=p_val, categories_per_feature={0: len(classes)})
     data = detector.predict(column(window_counts))["data"]
     is_drift = bool(data["is_drift"])
-    return {**base, "decision": "drift" if is_drift else "no_drift", "is_drift": is_drift,
-            "p_value": float(np.asarray(data["p_val"]).min()), "statistic": float(np.asarray(data["distance"]).max())}
+    return {
+        **base,
+        "decision": "drift" if is_drift else "no_drift",
+        "is_drift": is_drift,
+        "p_value": float(np.asarray(data["p_val"]).min()),
+        "statistic": float(np.asarray(data["distance"]).max()),
+    }
 
 
 def _shares(counts: dict[int, int], classes: list[int]) -> list[float]:
@@ -142,11 +163,15 @@ def plot_png(report: dict, reference_mean: np.ndarray | None, window_mean: np.nd
     fig, axes = plt.subplots(1, 3, figsize=(11, 3.2), gridspec_kw={"width_ratios": [2.4, 1, 1]})
     ks = report.get("features", {})
     if "p_vals" in ks:
-        p_vals = np.maximum(np.asarray(ks["p_vals"]), 10.0 ** -P_CAP)  # a p of 0 would be an infinite bar
+        p_vals = np.maximum(np.asarray(ks["p_vals"]), 10.0**-P_CAP)  # a p of 0 would be an infinite bar
         colours = np.where(p_vals < ks["threshold"], "tab:red", "tab:blue")
         axes[0].bar(np.arange(p_vals.size), -np.log10(p_vals), color=colours)
-        axes[0].axhline(-np.log10(ks["threshold"]), color="black", linestyle="--",
-                        label=f"Bonferroni threshold {ks['threshold']:.1e}")
+        axes[0].axhline(
+            -np.log10(ks["threshold"]),
+            color="black",
+            linestyle="--",
+            label=f"Bonferroni threshold {ks['threshold']:.1e}",
+        )
         axes[0].legend(loc="upper right", fontsize=8)
     else:
         axes[0].text(0.5, 0.5, ks.get("reason", report.get("reason", "no KS test")), ha="center", va="center")

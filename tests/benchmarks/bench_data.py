@@ -40,8 +40,10 @@ def write_dataset(store, batches: int) -> None:
         image_array, field = images_to_array(images)
         ids = pa.array([f"b{batch}-{i}" for i in range(ROWS_PER_BATCH)])
         labels = pa.array(rng.integers(0, 10, ROWS_PER_BATCH), pa.int64())
-        table = pa.Table.from_arrays([ids, image_array, labels], schema=pa.schema(
-            [pa.field(ID, pa.string()), field, pa.field(LABEL, pa.int64())]))
+        table = pa.Table.from_arrays(
+            [ids, image_array, labels],
+            schema=pa.schema([pa.field(ID, pa.string()), field, pa.field(LABEL, pa.int64())]),
+        )
         store.put_bytes(f"datasets/bench/batch={batch:04d}/part-0.parquet", parquet_bytes(table))
 
 
@@ -54,7 +56,8 @@ def throughput(store, batches: int, repeats: int = 3, cold: bool = False) -> tup
     """Rows per second: the project's ingest, and pyarrow reading the same objects. ``cold``: the
     local store's ETag cache is emptied before each ingest, so every object is hashed again."""
     from components._shared.dataset import list_batches
-    from components.ingest.core import IngestConfig, ingest
+    from components.ingest.config import IngestConfig
+    from components.ingest.core import ingest
 
     keys = [k for ks in list_batches(store, "bench").values() for k in ks]
     filesystem = store.arrow_filesystem()
@@ -87,8 +90,11 @@ def s3_store():
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    server = subprocess.Popen([str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server = subprocess.Popen(
+        [str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         _wait_for_port(port)
         settings = S3Settings(endpoint=f"127.0.0.1:{port}", access_key="bench", secret_key="bench-secret", secure=False)
@@ -109,10 +115,12 @@ def _wait_for_port(port: int, seconds: float = 30.0) -> None:
 
 def peak_rss_mb(root: Path) -> float:
     """Ingest in a fresh process; its peak resident set size (ru_maxrss, KiB on Linux)."""
-    code = ("import resource, sys; from components._shared.store import LocalStore; "
-            "from components.ingest.core import IngestConfig, ingest; "
-            "ingest(LocalStore(sys.argv[1]), IngestConfig(dataset='bench')); "
-            "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)")
+    code = (
+        "import resource, sys; from components._shared.store import LocalStore; "
+        "from components.ingest.core import IngestConfig, ingest; "
+        "ingest(LocalStore(sys.argv[1]), IngestConfig(dataset='bench')); "
+        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"
+    )
     out = subprocess.run([sys.executable, "-c", code, str(root)], capture_output=True, text=True, check=True)
     return int(out.stdout.strip().splitlines()[-1]) / 1024
 
@@ -133,8 +141,10 @@ def drift_costs() -> tuple[float, float]:
             times.append(time.perf_counter() - started)
         return statistics.median(times)
 
-    return (median_seconds(lambda: drift.ks_drift(reference, window), 5),
-            median_seconds(lambda: drift.mmd_drift(reference, window), 3))
+    return (
+        median_seconds(lambda: drift.ks_drift(reference, window), 5),
+        median_seconds(lambda: drift.mmd_drift(reference, window), 3),
+    )
 
 
 def run() -> dict:
@@ -158,31 +168,77 @@ def run() -> dict:
     ks_s, mmd_s = drift_costs()
     mb_1x = BATCHES_1X * ROWS_PER_BATCH * int(np.prod(SHAPE)) / 1e6
     rows = [
-        ("ingest throughput, local dir, 1x (rows/s)", f"{project_rps:,.0f}", f"raw pyarrow {raw_rps:,.0f}",
-         f"{project_rps / raw_rps:.0%}", ">= 80%"),
-        ("  the same, every object hashed (cold ETag cache)", f"{cold_rps:,.0f}", f"raw pyarrow {cold_raw_rps:,.0f}",
-         f"{cold_rps / cold_raw_rps:.0%}", ">= 80%"),
-        ("ingest throughput, local dir, 10x (rows/s)", f"{project_10x_rps:,.0f}",
-         f"raw pyarrow {raw_10x_rps:,.0f}", f"{project_10x_rps / raw_10x_rps:.0%}", ">= 80%"),
-        ("  the same, every object hashed (cold ETag cache)", f"{cold_10x_rps:,.0f}",
-         f"raw pyarrow {cold_10x_raw_rps:,.0f}", f"{cold_10x_rps / cold_10x_raw_rps:.0%}", ">= 80%"),
-        (f"ingest throughput, {s3_name}, 1x (rows/s)", f"{s3_project_rps:,.0f}", f"raw pyarrow {s3_raw_rps:,.0f}",
-         f"{s3_project_rps / s3_raw_rps:.0%}", ">= 80%"),
-        (f"ingest throughput, {s3_name}, 10x (rows/s)", f"{s3_10x_project_rps:,.0f}",
-         f"raw pyarrow {s3_10x_raw_rps:,.0f}", f"{s3_10x_project_rps / s3_10x_raw_rps:.0%}", ">= 80%"),
-        (f"ingest peak RSS 1x ({mb_1x:.0f} MB) / 10x", f"{rss_one:.0f} MB", f"{rss_ten:.0f} MB",
-         f"{rss_ten / rss_one:.2f}x", "<= 1.2x"),
+        (
+            "ingest throughput, local dir, 1x (rows/s)",
+            f"{project_rps:,.0f}",
+            f"raw pyarrow {raw_rps:,.0f}",
+            f"{project_rps / raw_rps:.0%}",
+            ">= 80%",
+        ),
+        (
+            "  the same, every object hashed (cold ETag cache)",
+            f"{cold_rps:,.0f}",
+            f"raw pyarrow {cold_raw_rps:,.0f}",
+            f"{cold_rps / cold_raw_rps:.0%}",
+            ">= 80%",
+        ),
+        (
+            "ingest throughput, local dir, 10x (rows/s)",
+            f"{project_10x_rps:,.0f}",
+            f"raw pyarrow {raw_10x_rps:,.0f}",
+            f"{project_10x_rps / raw_10x_rps:.0%}",
+            ">= 80%",
+        ),
+        (
+            "  the same, every object hashed (cold ETag cache)",
+            f"{cold_10x_rps:,.0f}",
+            f"raw pyarrow {cold_10x_raw_rps:,.0f}",
+            f"{cold_10x_rps / cold_10x_raw_rps:.0%}",
+            ">= 80%",
+        ),
+        (
+            f"ingest throughput, {s3_name}, 1x (rows/s)",
+            f"{s3_project_rps:,.0f}",
+            f"raw pyarrow {s3_raw_rps:,.0f}",
+            f"{s3_project_rps / s3_raw_rps:.0%}",
+            ">= 80%",
+        ),
+        (
+            f"ingest throughput, {s3_name}, 10x (rows/s)",
+            f"{s3_10x_project_rps:,.0f}",
+            f"raw pyarrow {s3_10x_raw_rps:,.0f}",
+            f"{s3_10x_project_rps / s3_10x_raw_rps:.0%}",
+            ">= 80%",
+        ),
+        (
+            f"ingest peak RSS 1x ({mb_1x:.0f} MB) / 10x",
+            f"{rss_one:.0f} MB",
+            f"{rss_ten:.0f} MB",
+            f"{rss_ten / rss_one:.2f}x",
+            "<= 1.2x",
+        ),
         ("KS drift 2000x64 (s)", f"{ks_s:.3f}", "-", "-", "<= 0.1 s"),
-        ("MMD drift (200/side subsample) vs KS (s)", f"{mmd_s:.3f}", f"KS {ks_s:.3f}",
-         f"{mmd_s / ks_s:.1f}x", "<= 25x"),
+        (
+            "MMD drift (200/side subsample) vs KS (s)",
+            f"{mmd_s:.3f}",
+            f"KS {ks_s:.3f}",
+            f"{mmd_s / ks_s:.1f}x",
+            "<= 25x",
+        ),
     ]
     header = ("measure", "project", "compared with", "ratio", "goal")
     widths = [max(len(str(r[i])) for r in (header, *rows)) for i in range(5)]
     for row in (header, *rows):
         print("  ".join(str(cell).ljust(width) for cell, width in zip(row, widths)))
-    return {"throughput_ratio": project_rps / raw_rps, "throughput_10x_ratio": project_10x_rps / raw_10x_rps, "s3_throughput_ratio": s3_project_rps / s3_raw_rps,
-            "s3_10x_throughput_ratio": s3_10x_project_rps / s3_10x_raw_rps, "rss_ratio": rss_ten / rss_one, "ks_s": ks_s,
-            "mmd_ks_ratio": mmd_s / ks_s}
+    return {
+        "throughput_ratio": project_rps / raw_rps,
+        "throughput_10x_ratio": project_10x_rps / raw_10x_rps,
+        "s3_throughput_ratio": s3_project_rps / s3_raw_rps,
+        "s3_10x_throughput_ratio": s3_10x_project_rps / s3_10x_raw_rps,
+        "rss_ratio": rss_ten / rss_one,
+        "ks_s": ks_s,
+        "mmd_ks_ratio": mmd_s / ks_s,
+    }
 
 
 if __name__ == "__main__":

@@ -8,7 +8,8 @@ import time
 
 import numpy as np
 
-from components.evaluate.core import EvaluateConfig, mcnemar_exact, paired_bootstrap
+from components.evaluate.config import EvaluateConfig
+from components.evaluate.core import mcnemar_exact, paired_bootstrap
 
 N, TRIALS, CHAMPION_ACCURACY = 360, 200, 0.95
 
@@ -18,8 +19,9 @@ def simulate(rng: np.random.Generator, delta: float) -> tuple[np.ndarray, np.nda
     extra wins or losses so that its expected accuracy difference is ``delta``."""
     champion = rng.random(N) < CHAMPION_ACCURACY
     gains, losses = 0.02 + max(delta, 0.0), 0.02 + max(-delta, 0.0)
-    flip = np.where(champion, rng.random(N) < losses / CHAMPION_ACCURACY,
-                    rng.random(N) < gains / (1 - CHAMPION_ACCURACY))
+    flip = np.where(
+        champion, rng.random(N) < losses / CHAMPION_ACCURACY, rng.random(N) < gains / (1 - CHAMPION_ACCURACY)
+    )
     return champion ^ flip, champion
 
 
@@ -38,5 +40,7 @@ def run() -> None:
                 timings[name] += time.perf_counter() - started
         print(f"{label:<14} {passes['paired_bootstrap'] / TRIALS:>14.2f} {passes['mcnemar'] / TRIALS:>13.2f}")
     calls = 4 * TRIALS
-    print(f"time per call: bootstrap {1e3 * timings['paired_bootstrap'] / calls:.1f} ms, McNemar "
-          f"{1e3 * timings['mcnemar'] / calls:.2f} ms (ratio {timings['paired_bootstrap'] / timings['mcnemar']:.0f}x)")
+    print(
+        f"time per call: bootstrap {1e3 * timings['paired_bootstrap'] / calls:.1f} ms, McNemar "
+        f"{1e3 * timings['mcnemar'] / calls:.2f} ms (ratio {timings['paired_bootstrap'] / timings['mcnemar']:.0f}x)"
+    )

@@ -10,11 +10,11 @@ from pathlib import Path
 import numpy as np
 
 from components._shared.dataset import decode_images, list_batches
+from components._shared.model.inputs import pixel_features
 from components._shared.registry import Registry, new_version_id
 from components._shared.sampledata import SeedConfig, seed_digits
 from components._shared.store import LocalStore, read_parquet
-from components.validate_data import drift
-from pipelines.triggers import MonitorConfig, monitor
+from pipelines.monitor import MonitorConfig, monitor
 
 CRONJOB_PERIOD_S = 30 * 60
 
@@ -22,9 +22,10 @@ CRONJOB_PERIOD_S = 30 * 60
 def _store_with_champion(root: Path, shift: str, strength: float) -> LocalStore:
     store = LocalStore(root)
     seed_digits(store, SeedConfig(batches=2))
-    images = np.concatenate([decode_images(read_parquet(store, k)) for ks in list_batches(store, "digits").values()
-                             for k in ks])
-    np.save(root / "ref.npy", drift.features(images), allow_pickle=False)
+    images = np.concatenate(
+        [decode_images(read_parquet(store, k)) for ks in list_batches(store, "digits").values() for k in ks]
+    )
+    np.save(root / "ref.npy", pixel_features(images), allow_pickle=False)
     registry, version = Registry(store, "digits"), new_version_id()
     registry.publish(version, {"reference.npy": root / "ref.npy"}, {"data": {}})
     registry.promote(version, None, run_id="bench", reason="bench")
@@ -43,11 +44,18 @@ def run() -> None:
             seconds = time.perf_counter() - started
             print(f"{rows:>12} {seconds:>8.2f} {seconds / CRONJOB_PERIOD_S:>24.5f}")
         print(f"\n{'shift':>10} {'strength':>9} {'decision':>10} {'features drifted':>17} {'MMD says':>10}")
-        for shift, strength in (("none", 0.0), ("rotation", 0.25), ("rotation", 0.5), ("rotation", 1.0),
-                                ("noise", 0.5)):
+        for shift, strength in (
+            ("none", 0.0),
+            ("rotation", 0.25),
+            ("rotation", 0.5),
+            ("rotation", 1.0),
+            ("noise", 0.5),
+        ):
             store = _store_with_champion(Path(tmp) / f"{shift}-{strength}", shift, strength)
             outcome = monitor(store, MonitorConfig(), None)
-            report = store.get_json(outcome.report_uri[len(store.uri) + 1:])["drift"]
+            report = store.get_json(outcome.report_uri[len(store.uri) + 1 :])["drift"]
             ks = report["features"]
-            print(f"{shift:>10} {strength:>9.2f} {report['decision']:>10} "
-                  f"{ks['features_drifted']:>8}/{ks['n_features']} {report['mmd']['decision']:>10}")
+            print(
+                f"{shift:>10} {strength:>9.2f} {report['decision']:>10} "
+                f"{ks['features_drifted']:>8}/{ks['n_features']} {report['mmd']['decision']:>10}"
+            )

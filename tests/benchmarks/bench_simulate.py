@@ -10,7 +10,7 @@ import time
 def _thread_seconds(threads: int, steps: int = 100) -> float:
     import torch
 
-    from components.train.core import SmallCNN
+    from components._shared.model.network import SmallCNN
 
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
@@ -30,8 +30,7 @@ def _thread_seconds(threads: int, steps: int = 100) -> float:
 
 
 def run() -> None:
-    from pipelines.simulate import SimulateConfig, simulate
-    from pipelines.simulate_cli import QUICK_POLICIES
+    from pipelines.simulate import QUICK_POLICIES, SimulateConfig, simulate
 
     one, two = _thread_seconds(1), _thread_seconds(2)
     print(f"100 training steps (batch 32): 1 thread {one:.2f} s, 2 threads {two:.2f} s -> 2/1 = {two / one:.1f}x")
@@ -43,9 +42,15 @@ def run() -> None:
     wall = sum(r["train_wall_seconds"] for r in retrains)
     judge = sum(r["judge_seconds"] for r in retrains)
     n = len(retrains)
-    print(f"quick demo ({len(result['policies'])} policies, {n} retrains + bootstrap): "
-          f"{result['wall_seconds']:.1f} s wall")
-    print(f"per retrain: training loop {loop / n:.2f} s, ONNX export + files {(wall - loop) / n:.2f} s, "
-          f"gate + canary {judge / n:.2f} s")
-    print(f"export + files / training loop = {(wall - loop) / max(loop, 1e-9):.1f}x; "
-          f"retrains are {100 * (wall + judge) / result['wall_seconds']:.0f}% of the wall time")
+    print(
+        f"quick demo ({len(result['policies'])} policies, {n} retrains + bootstrap): "
+        f"{result['wall_seconds']:.1f} s wall"
+    )
+    print(
+        f"per retrain: training loop {loop / n:.2f} s, ONNX export + files {(wall - loop) / n:.2f} s, "
+        f"gate + canary {judge / n:.2f} s"
+    )
+    print(
+        f"export + files / training loop = {(wall - loop) / max(loop, 1e-9):.1f}x; "
+        f"retrains are {100 * (wall + judge) / result['wall_seconds']:.0f}% of the wall time"
+    )

@@ -28,13 +28,17 @@ import numpy as np
 import torch
 
 from components._shared.dataset import is_test_example, stable_bucket
+from components._shared.model.files import META_FILE, WEIGHTS_FILE
+from components._shared.model.network import build_model, to_tensor
 from components._shared.sampledata import apply_shift, batch_table, load_digits_uint8
 from components._shared.snapshot import load_split
 from components._shared.store import LocalStore
-from components.ingest.core import IngestConfig, ingest
+from components.ingest.config import IngestConfig
+from components.ingest.core import ingest
 from components.train import checkpoint
-from components.train.core import META_FILE, WEIGHTS_FILE, TrainConfig, build_model, to_tensor, train
-from components.train.ddp import launch
+from components.train.config import TrainConfig
+from components.train.core import train
+from components.train.torchrun import launch
 from tests.helpers import write_batch
 
 TEST_FRACTION, EPOCHS, CHAMPION_EPOCHS, EVERY, ROTATION = 0.6, 10, 20, 4, 35.0 / 30.0
@@ -73,8 +77,10 @@ def build_data(store) -> dict:
             write_batch(store, table, f"{n:04d}", dataset=dataset)
         fingerprints[dataset] = ingest(store, IngestConfig(dataset=dataset, test_fraction=TEST_FRACTION)).fingerprint
     test = load_split(store, fingerprints["both"], "test")
-    slices = {"old": test.where(np.array([i.startswith("old-") for i in test.ids])),
-              "new": test.where(np.array([i.startswith("new-") for i in test.ids]))}
+    slices = {
+        "old": test.where(np.array([i.startswith("old-") for i in test.ids])),
+        "new": test.where(np.array([i.startswith("new-") for i in test.ids])),
+    }
     return {"fingerprints": fingerprints, "test": slices}
 
 
@@ -91,8 +97,13 @@ def curve(store, run_id: str, meta: dict, test: dict) -> list[dict]:
         model = build_model(meta["arch"], meta["image_shape"], meta["num_classes"])
         model.load_state_dict(groups["model"])
         model.eval()
-        points.append({"seconds": state["progress"]["train_seconds"], "step": step,
-                       **{name: _accuracy(model, split) for name, split in test.items()}})
+        points.append(
+            {
+                "seconds": state["progress"]["train_seconds"],
+                "step": step,
+                **{name: _accuracy(model, split) for name, split in test.items()},
+            }
+        )
     return points
 
 
@@ -114,10 +125,12 @@ def continual(store, root: Path, data: dict) -> dict:
     fp, test = data["fingerprints"], data["test"]
     champion = _train(store, fp["old"], root / "champion", "champion", init="scratch", epochs=CHAMPION_EPOCHS)
     warm = {"init_weights": str(root / "champion" / WEIGHTS_FILE), "init_meta": str(root / "champion" / META_FILE)}
-    plans = {"scratch": (fp["both"], {"init": "scratch"}),
-             **{f"warm+replay{r}": (fp[f"replay{r}"], warm) for r in REPLAYS},
-             DISTILLED: (fp["replay0.5"], {**warm, "distill": DISTILL}),
-             "fine-tune": (fp["new"], warm)}
+    plans = {
+        "scratch": (fp["both"], {"init": "scratch"}),
+        **{f"warm+replay{r}": (fp[f"replay{r}"], warm) for r in REPLAYS},
+        DISTILLED: (fp["replay0.5"], {**warm, "distill": DISTILL}),
+        "fine-tune": (fp["new"], warm),
+    }
     curves: dict[str, list] = {name: [] for name in plans}
     for seed in SEEDS:
         for name, (fingerprint, init) in plans.items():
@@ -126,10 +139,13 @@ def continual(store, root: Path, data: dict) -> dict:
             curves[name].append(curve(store, run_id, meta, test))
     # One target for every seed: the scratch runs' mean final accuracy, less one point.
     targets = {slice_: _mean(runs[-1][slice_] for runs in curves["scratch"]) - 0.01 for slice_ in test}
-    return {"curves": curves, "champion_old": curve(store, "champion", champion, test)[-1]["old"],
-            "targets": targets,
-            "reach": {name: [time_to(points, targets) for points in runs] for name, runs in curves.items()},
-            "reach_steps": {name: [time_to(points, targets, "step") for points in runs] for name, runs in curves.items()}}
+    return {
+        "curves": curves,
+        "champion_old": curve(store, "champion", champion, test)[-1]["old"],
+        "targets": targets,
+        "reach": {name: [time_to(points, targets) for points in runs] for name, runs in curves.items()},
+        "reach_steps": {name: [time_to(points, targets, "step") for points in runs] for name, runs in curves.items()},
+    }
 
 
 def _mean(values) -> float:
@@ -145,8 +161,14 @@ def step_seconds(history: list[dict]) -> float:
 def ddp_step_seconds(store, root: Path, fingerprint: str, nproc: int, repeat: int) -> float:
     """torchrun with ``nproc`` workers sharing the cores (the entry point gives each cores/nproc threads)."""
     out = root / f"ddp{nproc}-{repeat}"
-    config = TrainConfig(store_uri=store.uri, fingerprint=fingerprint, out_dir=str(out), epochs=DDP_EPOCHS,
-                         batch_size=DDP_BATCH)
+    config = TrainConfig(
+        store_uri=store.uri,
+        fingerprint=fingerprint,
+        out_dir=str(out),
+        epochs=DDP_EPOCHS,
+        batch_size=DDP_BATCH,
+        checkpoint_every=0,
+    )
     config.save(out.with_suffix(".json"))
     launch(out.with_suffix(".json"), nproc_per_node=nproc)
     return step_seconds(json.loads((out / META_FILE).read_text())["history"])
@@ -157,8 +179,16 @@ def one_thread_step_seconds(store, root: Path, fingerprint: str) -> float:
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        meta = train(TrainConfig(store_uri=store.uri, fingerprint=fingerprint, out_dir=str(root / "t1"),
-                                 epochs=DDP_EPOCHS, batch_size=DDP_BATCH))
+        meta = train(
+            TrainConfig(
+                store_uri=store.uri,
+                fingerprint=fingerprint,
+                out_dir=str(root / "t1"),
+                epochs=DDP_EPOCHS,
+                batch_size=DDP_BATCH,
+                checkpoint_every=0,
+            )
+        )
     finally:
         torch.set_num_threads(threads)
     return step_seconds(meta["history"])
@@ -170,8 +200,10 @@ def ddp_steps(store, root: Path, fingerprint: str) -> dict:
     for repeat in range(DDP_REPEATS):
         runs["1 proc"].append(ddp_step_seconds(store, root, fingerprint, 1, repeat))
         runs["2 procs"].append(ddp_step_seconds(store, root, fingerprint, 2, repeat))
-    return {**{name: statistics.median(times) for name, times in runs.items()},
-            "1 thread": one_thread_step_seconds(store, root, fingerprint)}
+    return {
+        **{name: statistics.median(times) for name, times in runs.items()},
+        "1 thread": one_thread_step_seconds(store, root, fingerprint),
+    }
 
 
 def run() -> None:
@@ -180,8 +212,11 @@ def run() -> None:
         store = LocalStore(root / "store")
         data = build_data(store)
         sizes = {name: len(split) for name, split in data["test"].items()}
-        print(f"test slices: old {sizes['old']} and new {sizes['new']} examples (rotated {ROTATION * 30:.0f} deg); "
-              f"replay fractions {REPLAYS}; {EPOCHS} epochs; checkpoint every {EVERY} steps", flush=True)
+        print(
+            f"test slices: old {sizes['old']} and new {sizes['new']} examples (rotated {ROTATION * 30:.0f} deg); "
+            f"replay fractions {REPLAYS}; {EPOCHS} epochs; checkpoint every {EVERY} steps",
+            flush=True,
+        )
         result = continual(store, root, data)
         steps = ddp_steps(store, root, data["fingerprints"]["both"])
     report(result, steps)
@@ -189,13 +224,17 @@ def run() -> None:
 
 def report(result: dict, steps: dict) -> None:
     targets, reach, curves = result["targets"], result["reach"], result["curves"]
-    print(f"\ntargets (mean scratch final - 1 point): old {targets['old']:.4f}  new {targets['new']:.4f}; "
-          f"means over seeds {SEEDS}")
+    print(
+        f"\ntargets (mean scratch final - 1 point): old {targets['old']:.4f}  new {targets['new']:.4f}; "
+        f"means over seeds {SEEDS}"
+    )
     print(f"{'run':<18} {'final old':>9} {'final new':>9} {'train s':>8} {'s to target (per seed)':>28}")
     for name, runs in curves.items():
         per_seed = " ".join(f"{t:.2f}" for t in reach[name])
-        print(f"{name:<18} {_mean(r[-1]['old'] for r in runs):>9.4f} {_mean(r[-1]['new'] for r in runs):>9.4f} "
-              f"{_mean(r[-1]['seconds'] for r in runs):>8.2f} {per_seed:>28}")
+        print(
+            f"{name:<18} {_mean(r[-1]['old'] for r in runs):>9.4f} {_mean(r[-1]['new'] for r in runs):>9.4f} "
+            f"{_mean(r[-1]['seconds'] for r in runs):>8.2f} {per_seed:>28}"
+        )
 
     def forgetting(name: str) -> float:
         return 100 * (result["champion_old"] - _mean(r[-1]["old"] for r in curves[name]))
@@ -204,18 +243,34 @@ def report(result: dict, steps: dict) -> None:
     scaling = steps["2 procs"] / (steps["1 thread"] / 2) - 1
     print(f"\n{'measure':<64} {'value':>8} {'goal':>8}  met")
     rows = []
-    for name, label in [*((f"warm+replay{r}", f"replay {r}") for r in REPLAYS), (DISTILLED, f"replay 0.5+kd {DISTILL}")]:
+    for name, label in [
+        *((f"warm+replay{r}", f"replay {r}") for r in REPLAYS),
+        (DISTILLED, f"replay 0.5+kd {DISTILL}"),
+    ]:
         speed = _mean(reach[name]) / _mean(reach["scratch"])
         in_steps = _mean(result["reach_steps"][name]) / _mean(result["reach_steps"]["scratch"])
         forget = forgetting(name)
-        rows += [(f"{label}: warm / scratch time to target", speed, f"<= {GOALS['speed']}", speed <= GOALS["speed"]),
-                 (f"{label}:   the same in optimizer steps (blind to machine load)", in_steps, "(info)", None),
-                 (f"{label}: forgetting on old slice (points)", forget, f"<= {GOALS['forgetting']}",
-                  forget <= GOALS["forgetting"])]
-    rows += [("forgetting, fine-tune without replay (points)", forgetting("fine-tune"), "(gate)", None),
-             (f"DDP step 2 procs vs 1, batch {DDP_BATCH} ({steps['2 procs'] * 1e3:.1f} vs {steps['1 proc'] * 1e3:.1f} ms)",
-              overhead, f"<= {GOALS['ddp']:.2f}", overhead <= GOALS["ddp"]),
-             (f"DDP step 2 procs vs half of 1 core ({steps['1 thread'] * 1e3:.1f} ms / 2)", scaling, "(info)", None)]
+        rows += [
+            (f"{label}: warm / scratch time to target", speed, f"<= {GOALS['speed']}", speed <= GOALS["speed"]),
+            (f"{label}:   the same in optimizer steps (blind to machine load)", in_steps, "(info)", None),
+            (
+                f"{label}: forgetting on old slice (points)",
+                forget,
+                f"<= {GOALS['forgetting']}",
+                forget <= GOALS["forgetting"],
+            ),
+        ]
+    rows += [
+        ("forgetting, fine-tune without replay (points)", forgetting("fine-tune"), "(gate)", None),
+        (
+            f"DDP step 2 procs vs 1, batch {DDP_BATCH} "
+            f"({steps['2 procs'] * 1e3:.1f} vs {steps['1 proc'] * 1e3:.1f} ms)",
+            overhead,
+            f"<= {GOALS['ddp']:.2f}",
+            overhead <= GOALS["ddp"],
+        ),
+        (f"DDP step 2 procs vs half of 1 core ({steps['1 thread'] * 1e3:.1f} ms / 2)", scaling, "(info)", None),
+    ]
     for label, value, goal, met in rows:
         print(f"{label:<64} {value:>8.3f} {goal:>8}  {'-' if met is None else ('yes' if met else 'NO')}")
     print(f"(champion accuracy on the old slice: {result['champion_old']:.4f})")

@@ -8,16 +8,17 @@ import pytest
 
 from components._shared.registry import CHAMPION, Registry
 from components._shared.sampledata import SeedConfig, seed_digits
-from components._shared.store import LocalStore, parquet_bytes
+from components._shared.store import LocalStore
 from pipelines.local_run import LocalRunOptions, run_locally
 from tests.helpers import digits_table, write_batch
 
 pytestmark = pytest.mark.slow
 
 
-def tiny(store, tmp_path, **overrides):
-    return LocalRunOptions(**{"store_uri": store.uri, "epochs": 2, "nproc_per_node": 2,
-                              "pipeline_root": str(tmp_path / "runs"), **overrides})
+def tiny(store, tmp_path):
+    return LocalRunOptions(
+        store_uri=store.uri, pipeline_root=str(tmp_path / "runs"), params={"epochs": 2, "nproc_per_node": 2}
+    )
 
 
 @pytest.fixture(scope="module")
@@ -55,19 +56,36 @@ def test_second_run_warm_starts_from_the_first(first_run, tmp_path):
     assert card["champion_metrics"] is not None and card["paired_test"]["test"] == "paired_bootstrap"
 
 
-@pytest.mark.parametrize("bad_table, code", [
-    (digits_table(30).drop_columns(["label"]), "MISSING_COLUMN"),
-    (digits_table(30, shape=(12, 12, 1)), "IMAGE_SHAPE"),
-    (digits_table(30).slice(0, 0), "EMPTY_BATCH"),
-])
+@pytest.mark.parametrize(
+    "bad_table, code",
+    [
+        (digits_table(30).drop_columns(["label"]), "MISSING_COLUMN"),
+        (digits_table(30, shape=(12, 12, 1)), "IMAGE_SHAPE"),
+        (digits_table(30).slice(0, 0), "EMPTY_BATCH"),
+    ],
+)
 def test_bad_batch_stops_the_run_before_training(first_run, tmp_path, bad_table, code):
     store, _, _ = first_run
     store2 = LocalStore(tmp_path / "store")
     shutil.copytree(store.root, store2.root, dirs_exist_ok=True)
     before = Registry(store2, "digits").alias(CHAMPION)
     write_batch(store2, bad_table, "0099")
-    result = subprocess.run([sys.executable, "-m", "pipelines.cli", "run", "--store", store2.uri, "--epochs", "1",
-                             "--pipeline-root", str(tmp_path / "runs")], capture_output=True, text=True)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pipelines.cli",
+            "run",
+            "--store",
+            store2.uri,
+            "--epochs",
+            "1",
+            "--pipeline-root",
+            str(tmp_path / "runs"),
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 2
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("ctp: error: ") and "batch=0099" in last and code in last

@@ -56,15 +56,18 @@ def kustomize(path: Path) -> list[dict]:
 def kustomize_with(tmp: Path, overlay: str, components: list[str]) -> list[dict]:
     """An overlay plus extra components, as an admin's own kustomization would add them."""
     tmp.mkdir(parents=True, exist_ok=True)
-    k = {"apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization",
-         "namespace": OVERLAYS_EXPECTED[overlay][0],
-         "resources": [os.path.relpath(OVERLAYS / overlay, tmp)],
-         "components": [os.path.relpath(COMPONENTS / c, tmp) for c in components]}
+    k = {
+        "apiVersion": "kustomize.config.k8s.io/v1beta1",
+        "kind": "Kustomization",
+        "namespace": OVERLAYS_EXPECTED[overlay][0],
+        "resources": [os.path.relpath(OVERLAYS / overlay, tmp)],
+        "components": [os.path.relpath(COMPONENTS / c, tmp) for c in components],
+    }
     (tmp / "kustomization.yaml").write_text(yaml.safe_dump(k))
     return kustomize(tmp)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _rendered(name: str) -> tuple:
     if name == "base":
         return tuple(kustomize(BASE))
@@ -94,8 +97,10 @@ def ident(obj: dict) -> str:
 def pod_templates(obj: dict) -> list[tuple[str, dict]]:
     """(where, PodTemplateSpec) of every pod template in an object, TrainingRuntimes included."""
     if obj["kind"] in ("TrainingRuntime", "ClusterTrainingRuntime"):
-        return [(f"{ident(obj)} replicatedJob {rj['name']}", rj["template"]["spec"]["template"])
-                for rj in obj["spec"]["template"]["spec"]["replicatedJobs"]]
+        return [
+            (f"{ident(obj)} replicatedJob {rj['name']}", rj["template"]["spec"]["template"])
+            for rj in obj["spec"]["template"]["spec"]["replicatedJobs"]
+        ]
     if obj["kind"] == "Pod":
         return [(ident(obj), {"metadata": obj["metadata"], "spec": obj["spec"]})]
     path = POD_TEMPLATE_PATHS.get(obj["kind"])

@@ -59,8 +59,9 @@ def test_pipeline_is_compiled_against_the_digests_then_uploaded(wf):
     job = wf["jobs"]["release"]
     env = job["env"]
     assert env["BASE_IMAGE"] == "${{ needs.images.outputs.registry }}/ctp-base@${{ needs.images.outputs.base-digest }}"
-    assert env["TRAINER_IMAGE"] == ("${{ needs.images.outputs.registry }}/ctp-trainer@"
-                                    "${{ needs.images.outputs.trainer-digest }}")
+    assert env["TRAINER_IMAGE"] == (
+        "${{ needs.images.outputs.registry }}/ctp-trainer@${{ needs.images.outputs.trainer-digest }}"
+    )
     names = [s.get("name", s.get("uses", "")) for s in job["steps"]]
     compile_at = names.index("Compile, pinned to the pushed digests")
     assert names.index("Upload to Kubeflow Pipelines") > compile_at
@@ -102,13 +103,23 @@ def test_overlay_pin_script_pins_both_images_by_digest(wf, tmp_path):
     (tmp_path / ".venv" / "bin").mkdir(parents=True)
     (tmp_path / ".venv" / "bin" / "python").symlink_to(sys.executable)
     base, trainer = f"ghcr.io/acme/ctp-base@{DIGEST}", f"ghcr.io/acme/ctp-trainer@{DIGEST}"
-    proc = subprocess.run(["bash", "-euo", "pipefail", "-c", script], cwd=tmp_path, capture_output=True, text=True,
-                          env={"PATH": f"{shutil.which('kubectl').rsplit('/', 1)[0]}:/usr/bin:/bin",
-                               "BASE_IMAGE": base, "TRAINER_IMAGE": trainer}, timeout=120)
+    proc = subprocess.run(
+        ["bash", "-euo", "pipefail", "-c", script],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env={
+            "PATH": f"{shutil.which('kubectl').rsplit('/', 1)[0]}:/usr/bin:/bin",
+            "BASE_IMAGE": base,
+            "TRAINER_IMAGE": trainer,
+        },
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr
     for overlay in ("multi-user", "standalone"):
         objs = kustomize(tmp_path / "manifests" / "overlays" / overlay)
         got = {c["image"] for _, t, _ in all_pod_templates(objs) for c in containers(t["spec"])}
         assert got == {base, trainer}, overlay
         assert (tmp_path / "dist" / f"ctp-{overlay}.yaml").read_text().count(DIGEST) == len(
-            [1 for _, t, _ in all_pod_templates(objs) for _ in containers(t["spec"])])
+            [1 for _, t, _ in all_pod_templates(objs) for _ in containers(t["spec"])]
+        )

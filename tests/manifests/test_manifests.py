@@ -23,8 +23,22 @@ import pytest
 import yaml
 
 from components._shared import images
-from tests.manifests.render import (BASE, COMPONENTS, MANIFESTS, OVERLAYS, OVERLAYS_EXPECTED, REPO, TARGETS,
-                                    all_pod_templates, containers, find, ident, load_yaml, pod_specs, rendered)
+from tests.manifests.render import (
+    BASE,
+    COMPONENTS,
+    MANIFESTS,
+    OVERLAYS,
+    OVERLAYS_EXPECTED,
+    REPO,
+    TARGETS,
+    all_pod_templates,
+    containers,
+    find,
+    ident,
+    load_yaml,
+    pod_specs,
+    rendered,
+)
 from tests.platform_rules import restricted_violations
 
 DOCKERFILES = [REPO / "images" / "base" / "Dockerfile", REPO / "images" / "trainer" / "Dockerfile"]
@@ -39,10 +53,23 @@ THIRD_PARTY_IMAGES = {"quay.io/minio/minio": "components/minio"}
 # upstream types in test_upstream_rules.py.
 CUSTOM_KINDS = {"TrainingRuntime", "Profile"}
 CREDENTIAL_NAME = re.compile(r"(ACCESS_KEY|SECRET|PASSWORD|TOKEN|CREDENTIAL|ROOT_USER)", re.I)
-CREDENTIAL_LITERALS = [re.compile(r"AKIA[0-9A-Z]{16}"), re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----"),
-                       re.compile(r"\bminioadmin\b"), re.compile(r"\bminio123\b")]
-OVERLAY_ALLOWED_KEYS = {"apiVersion", "kind", "namespace", "resources", "components", "images", "replicas",
-                        "patches", "replacements"}
+CREDENTIAL_LITERALS = [
+    re.compile(r"AKIA[0-9A-Z]{16}"),
+    re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----"),
+    re.compile(r"\bminioadmin\b"),
+    re.compile(r"\bminio123\b"),
+]
+OVERLAY_ALLOWED_KEYS = {
+    "apiVersion",
+    "kind",
+    "namespace",
+    "resources",
+    "components",
+    "images",
+    "replicas",
+    "patches",
+    "replacements",
+}
 
 
 # ----------------------------------------------------------------------------- checkers
@@ -147,23 +174,33 @@ def _monitor(objs):
     return where, pod
 
 
-@pytest.mark.parametrize("mutation", [
-    ("runAsNonRoot false", lambda p, c: p["securityContext"].update(runAsNonRoot=False) or c["securityContext"].pop("runAsNonRoot")),
-    ("root uid", lambda p, c: p["securityContext"].update(runAsUser=0)),
-    ("escalation", lambda p, c: c["securityContext"].update(allowPrivilegeEscalation=True)),
-    ("caps kept", lambda p, c: c["securityContext"].pop("capabilities")),
-    ("caps added", lambda p, c: c["securityContext"]["capabilities"].update(add=["NET_ADMIN"])),
-    ("no seccomp", lambda p, c: p["securityContext"].pop("seccompProfile") and c["securityContext"].pop("seccompProfile")),
-    ("unconfined", lambda p, c: c["securityContext"].update(seccompProfile={"type": "Unconfined"})),
-    ("writable root", lambda p, c: c["securityContext"].update(readOnlyRootFilesystem=False)),
-    ("no /tmp", lambda p, c: c.update(volumeMounts=[m for m in c["volumeMounts"] if m["mountPath"] != "/tmp"])),
-    ("no limits", lambda p, c: c["resources"].pop("limits")),
-    ("hostPath", lambda p, c: p["volumes"].append({"name": "h", "hostPath": {"path": "/"}})),
-    ("hostNetwork", lambda p, c: p.update(hostNetwork=True)),
-    ("privileged", lambda p, c: c["securityContext"].update(privileged=True)),
-    ("hostPort", lambda p, c: c.setdefault("ports", []).append({"containerPort": 80, "hostPort": 80})),
-    ("sysctl", lambda p, c: p["securityContext"].update(sysctls=[{"name": "kernel.msgmax", "value": "1"}])),
-], ids=lambda m: m[0])
+@pytest.mark.parametrize(
+    "mutation",
+    [
+        (
+            "runAsNonRoot false",
+            lambda p, c: p["securityContext"].update(runAsNonRoot=False) or c["securityContext"].pop("runAsNonRoot"),
+        ),
+        ("root uid", lambda p, c: p["securityContext"].update(runAsUser=0)),
+        ("escalation", lambda p, c: c["securityContext"].update(allowPrivilegeEscalation=True)),
+        ("caps kept", lambda p, c: c["securityContext"].pop("capabilities")),
+        ("caps added", lambda p, c: c["securityContext"]["capabilities"].update(add=["NET_ADMIN"])),
+        (
+            "no seccomp",
+            lambda p, c: p["securityContext"].pop("seccompProfile") and c["securityContext"].pop("seccompProfile"),
+        ),
+        ("unconfined", lambda p, c: c["securityContext"].update(seccompProfile={"type": "Unconfined"})),
+        ("writable root", lambda p, c: c["securityContext"].update(readOnlyRootFilesystem=False)),
+        ("no /tmp", lambda p, c: c.update(volumeMounts=[m for m in c["volumeMounts"] if m["mountPath"] != "/tmp"])),
+        ("no limits", lambda p, c: c["resources"].pop("limits")),
+        ("hostPath", lambda p, c: p["volumes"].append({"name": "h", "hostPath": {"path": "/"}})),
+        ("hostNetwork", lambda p, c: p.update(hostNetwork=True)),
+        ("privileged", lambda p, c: c["securityContext"].update(privileged=True)),
+        ("hostPort", lambda p, c: c.setdefault("ports", []).append({"containerPort": 80, "hostPort": 80})),
+        ("sysctl", lambda p, c: p["securityContext"].update(sysctls=[{"name": "kernel.msgmax", "value": "1"}])),
+    ],
+    ids=lambda m: m[0],
+)
 def test_checkers_catch_pod_violations(mutation):
     where, pod = _monitor(rendered("base"))
     assert pod_violations(where, pod) == []
@@ -171,14 +208,17 @@ def test_checkers_catch_pod_violations(mutation):
     assert pod_violations(where, pod), f"checker missed: {mutation[0]}"
 
 
-@pytest.mark.parametrize("rule", [
-    {"apiGroups": ["*"], "resources": ["runs"], "verbs": ["get"]},
-    {"apiGroups": [""], "resources": ["*"], "verbs": ["get"]},
-    {"apiGroups": [""], "resources": ["pods"], "verbs": ["*"]},
-    {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"]},
-    {"apiGroups": [""], "resources": ["secrets/status"], "verbs": ["get"]},
-    {"apiGroups": ["rbac.authorization.k8s.io"], "resources": ["roles"], "verbs": ["escalate"]},
-])
+@pytest.mark.parametrize(
+    "rule",
+    [
+        {"apiGroups": ["*"], "resources": ["runs"], "verbs": ["get"]},
+        {"apiGroups": [""], "resources": ["*"], "verbs": ["get"]},
+        {"apiGroups": [""], "resources": ["pods"], "verbs": ["*"]},
+        {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"]},
+        {"apiGroups": [""], "resources": ["secrets/status"], "verbs": ["get"]},
+        {"apiGroups": ["rbac.authorization.k8s.io"], "resources": ["roles"], "verbs": ["escalate"]},
+    ],
+)
 def test_checkers_catch_rbac_violations(rule):
     (role,) = find(rendered("base"), "Role", "ctp-runner")
     assert rbac_violations(role) == []
@@ -186,15 +226,23 @@ def test_checkers_catch_rbac_violations(rule):
     assert rbac_violations(role)
 
 
-@pytest.mark.parametrize("mutation", [
-    ("literal key", lambda objs, c: c["env"].__setitem__(0, {"name": "MINIO_ACCESS_KEY", "value": "abc"})),
-    ("other secret", lambda objs, c: c["env"][1]["valueFrom"]["secretKeyRef"].update(name="other")),
-    ("password literal", lambda objs, c: c["env"].append({"name": "DB_PASSWORD", "value": "x"})),
-    ("secret object", lambda objs, c: objs.append(
-        {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s"}, "stringData": {"k": "v"}})),
-    ("configmap key", lambda objs, c: find(objs, "ConfigMap")[0]["data"].update(MINIO_SECRET_KEY="x")),
-    ("default creds", lambda objs, c: c.setdefault("args", []).extend(["--user", "minioadmin"])),
-], ids=lambda m: m[0])
+@pytest.mark.parametrize(
+    "mutation",
+    [
+        ("literal key", lambda objs, c: c["env"].__setitem__(0, {"name": "MINIO_ACCESS_KEY", "value": "abc"})),
+        ("other secret", lambda objs, c: c["env"][1]["valueFrom"]["secretKeyRef"].update(name="other")),
+        ("password literal", lambda objs, c: c["env"].append({"name": "DB_PASSWORD", "value": "x"})),
+        (
+            "secret object",
+            lambda objs, c: objs.append(
+                {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s"}, "stringData": {"k": "v"}}
+            ),
+        ),
+        ("configmap key", lambda objs, c: find(objs, "ConfigMap")[0]["data"].update(MINIO_SECRET_KEY="x")),
+        ("default creds", lambda objs, c: c.setdefault("args", []).extend(["--user", "minioadmin"])),
+    ],
+    ids=lambda m: m[0],
+)
 def test_checkers_catch_secret_violations(mutation):
     objs = rendered("base")
     assert secret_violations(objs) == []
@@ -203,9 +251,17 @@ def test_checkers_catch_secret_violations(mutation):
     assert secret_violations(objs)
 
 
-@pytest.mark.parametrize("image", ["ghcr.io/ctp-dev/ctp-base:latest", "ghcr.io/other/ctp-base:0.1.0",
-                                   "ghcr.io/ctp-dev/ctp-base@sha256:abc", "quay.io/minio/minio",
-                                   "quay.io/minio/minio:latest", "busybox:1.36"])
+@pytest.mark.parametrize(
+    "image",
+    [
+        "ghcr.io/ctp-dev/ctp-base:latest",
+        "ghcr.io/other/ctp-base:0.1.0",
+        "ghcr.io/ctp-dev/ctp-base@sha256:abc",
+        "quay.io/minio/minio",
+        "quay.io/minio/minio:latest",
+        "busybox:1.36",
+    ],
+)
 def test_checkers_catch_image_violations(image):
     objs = rendered("base")
     assert image_violations(objs) == []
@@ -243,8 +299,11 @@ def test_every_pod_template_meets_restricted_and_project_extras(target):
     templates = all_pod_templates(objs)
     kinds = {o["kind"] for _, _, o in templates}
     assert {"CronJob", "TrainingRuntime"} <= kinds
-    violations = [v for where, t, _ in templates
-                  for v in pod_violations(where, t["spec"], t.get("metadata", {}).get("annotations"))]
+    violations = [
+        v
+        for where, t, _ in templates
+        for v in pod_violations(where, t["spec"], t.get("metadata", {}).get("annotations"))
+    ]
     assert not violations, "\n".join(violations)
 
 
@@ -282,8 +341,15 @@ def test_admin_secrets_are_documented():
     text = (MANIFESTS / "README.md").read_text()
     for name in sorted(ADMIN_SECRETS):
         assert f"create secret generic {name}" in text, name
-    for key in ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "serving.kserve.io/s3-endpoint",
-                "serving.kserve.io/s3-usehttps", *sorted(S3_KEYS), "MINIO_ROOT_USER", "MINIO_ROOT_PASSWORD"]:
+    for key in [
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+        "serving.kserve.io/s3-endpoint",
+        "serving.kserve.io/s3-usehttps",
+        *sorted(S3_KEYS),
+        "MINIO_ROOT_USER",
+        "MINIO_ROOT_PASSWORD",
+    ]:
         assert f"{key}=" in text, key
 
 
@@ -315,14 +381,18 @@ def test_overlay_images_retarget_both_ctp_images(overlay, tmp_path):
     for i in k["images"]:
         assert set(i) <= {"name", "newName", "newTag", "digest"}
     import shutil as _sh
+
     copy_dir = tmp_path / "overlays" / overlay
     _sh.copytree(MANIFESTS, tmp_path, dirs_exist_ok=True)
     digest = "sha256:" + "ab" * 32
     k2 = load_yaml(copy_dir / "kustomization.yaml")
-    k2["images"] = [{"name": i["name"], "newName": "registry.example/ctp/" + i["name"].rsplit("/", 1)[1],
-                     "digest": digest} for i in k["images"]]
+    k2["images"] = [
+        {"name": i["name"], "newName": "registry.example/ctp/" + i["name"].rsplit("/", 1)[1], "digest": digest}
+        for i in k["images"]
+    ]
     (copy_dir / "kustomization.yaml").write_text(yaml.safe_dump(k2))
     from tests.manifests.render import kustomize
+
     got = {c["image"] for _, t, _ in all_pod_templates(kustomize(copy_dir)) for c in containers(t["spec"])}
     assert got == {f"registry.example/ctp/ctp-base@{digest}", f"registry.example/ctp/ctp-trainer@{digest}"}
 
@@ -343,9 +413,16 @@ def test_components_are_kustomize_components():
         assert k["kind"] == "Component" and k["apiVersion"] == "kustomize.config.k8s.io/v1alpha1", comp
 
 
-@pytest.mark.parametrize("directory", [BASE, *sorted(p for p in COMPONENTS.iterdir() if p.is_dir()),
-                                       *sorted(p for p in OVERLAYS.iterdir() if p.is_dir()), MANIFESTS / "profile"],
-                         ids=lambda p: str(p.relative_to(MANIFESTS)))
+@pytest.mark.parametrize(
+    "directory",
+    [
+        BASE,
+        *sorted(p for p in COMPONENTS.iterdir() if p.is_dir()),
+        *sorted(p for p in OVERLAYS.iterdir() if p.is_dir()),
+        MANIFESTS / "profile",
+    ],
+    ids=lambda p: str(p.relative_to(MANIFESTS)),
+)
 def test_one_resource_per_file_named_app_kind(directory):
     k = load_yaml(directory / "kustomization.yaml")
     listed = {r for r in k.get("resources", []) if not r.startswith("..")}
@@ -373,8 +450,12 @@ def _hadolint() -> str:
 
 
 def test_dockerfiles_pass_hadolint():
-    proc = subprocess.run([_hadolint(), "--failure-threshold", "style", "--format", "json",
-                           *map(str, DOCKERFILES)], capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [_hadolint(), "--failure-threshold", "style", "--format", "json", *map(str, DOCKERFILES)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     findings = json.loads(proc.stdout or "[]")
     assert proc.returncode == 0 and findings == [], json.dumps(findings, indent=1) + proc.stderr
 

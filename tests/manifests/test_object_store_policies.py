@@ -30,9 +30,11 @@ import pytest
 from tests.manifests.render import OBJECT_STORE, REPO, find, rendered
 
 STORE_URI = find(rendered("base"), "ConfigMap", "ctp-settings")[0]["data"]["CTP_STORE"]
-BUCKET, _, PREFIX = STORE_URI[len("s3://"):].partition("/")
-POLICIES = {role: json.loads((OBJECT_STORE / f"ctp-{role}-policy.json").read_text())
-            for role in ("steps", "monitor", "predictor")}
+BUCKET, _, PREFIX = STORE_URI[len("s3://") :].partition("/")
+POLICIES = {
+    role: json.loads((OBJECT_STORE / f"ctp-{role}-policy.json").read_text())
+    for role in ("steps", "monitor", "predictor")
+}
 KEY_HEAD = re.compile(r"^([a-z][a-z_]*)/$")
 BUCKET_ONLY = {"s3:ListBucket", "s3:ListBucketMultipartUploads", "s3:CreateBucket"}
 
@@ -74,7 +76,7 @@ def grants(policy: dict) -> set[tuple[str, str]]:
 
 def _top(key: str) -> str:
     assert key.startswith(PREFIX + "/"), key
-    head = key[len(PREFIX) + 1:].split("/", 1)
+    head = key[len(PREFIX) + 1 :].split("/", 1)
     assert len(head) == 2 and head[1] == "*", f"grant {key} is not a whole top-level prefix"
     return head[0]
 
@@ -123,7 +125,7 @@ def _key_prefixes_in(paths) -> set[str]:
             elif isinstance(n, ast.Call) and getattr(n.func, "id", getattr(n.func, "attr", "")) == "list_batches":
                 out |= {k.value.value for k in n.keywords if k.arg == "kind" and isinstance(k.value, ast.Constant)}
             elif isinstance(n, ast.FunctionDef) and n.name == "list_batches":
-                args = n.args.args[-len(n.args.defaults):] if n.args.defaults else []
+                args = n.args.args[-len(n.args.defaults) :] if n.args.defaults else []
                 out |= {d.value for a, d in zip(args, n.args.defaults) if a.arg == "kind"}
     return out
 
@@ -141,8 +143,10 @@ def test_steps_policy_covers_exactly_the_prefixes_the_step_code_names():
 
 def test_prefix_scanner_is_not_vacuous(tmp_path):
     src = tmp_path / "m.py"
-    src.write_text('a = f"alpha/{x}/y"\nb = "beta/"\nc = p + "gamma/"\nd = "image/png"\n'
-                   'e = f"{root}delta/{x}"\nlist_batches(s, d, kind="eps")\n')
+    src.write_text(
+        'a = f"alpha/{x}/y"\nb = "beta/"\nc = p + "gamma/"\nd = "image/png"\n'
+        'e = f"{root}delta/{x}"\nlist_batches(s, d, kind="eps")\n'
+    )
     assert _key_prefixes_in([src]) == {"alpha", "beta", "eps"}
 
 
@@ -154,12 +158,12 @@ def test_predictor_policy_is_what_kserve_needs_for_the_uri_the_canary_builds():
     from components.deploy_canary.kserve import storage_uri
 
     uri = storage_uri(STORE_URI, "digits", "20260101t000000z-abc")
-    bucket, _, key_prefix = uri[len("s3://"):].partition("/")
+    bucket, _, key_prefix = uri[len("s3://") :].partition("/")
     assert bucket == BUCKET
     policy = POLICIES["predictor"]
     assert allowed(policy, "s3:ListBucket", f"arn:aws:s3:::{bucket}", key_prefix)
     assert allowed(policy, "s3:GetObject", f"arn:aws:s3:::{bucket}/{key_prefix}model.onnx")
-    top = key_prefix[len(PREFIX) + 1:].split("/", 1)[0]
+    top = key_prefix[len(PREFIX) + 1 :].split("/", 1)[0]
     assert grants(policy) == {("s3:ListBucket", top), ("s3:GetObject", top)}
 
 
@@ -243,18 +247,26 @@ def monitor_requests(recording_s3, tmp_path_factory):
     publish_champion(admin, tmp)
     seed_digits(admin, SeedConfig(**SHIFT))
     package = compile_pipeline(str(tmp / "ct.yaml"))
-    env = {"CTP_STORE": f"s3://{bucket}/{PREFIX}", "MINIO_ENDPOINT": settings.endpoint, "MINIO_ACCESS_KEY": "k",
-           "MINIO_SECRET_KEY": "s", "MINIO_SECURE": "false", "CTP_NAMESPACE": "ctp",
-           "KF_PIPELINES_SA_TOKEN_PATH": str(tmp / "no-token")}
+    env = {
+        "CTP_STORE": f"s3://{bucket}/{PREFIX}",
+        "MINIO_ENDPOINT": settings.endpoint,
+        "MINIO_ACCESS_KEY": "k",
+        "MINIO_SECRET_KEY": "s",
+        "MINIO_SECURE": "false",
+        "CTP_NAMESPACE": "ctp",
+        "KF_PIPELINES_SA_TOKEN_PATH": str(tmp / "no-token"),
+    }
     outputs = []
     with FakeKfpApi() as fake:
         upload(connect(KfpSettings(fake.url, "ctp-continuous-training")), package)
         recorder.requests.clear()
         recorder.on = True
         try:
-            for args, host in ((["monitor", "--submit", "--cooldown-minutes", "0"], "http://127.0.0.1:9"),
-                               (["monitor", "--submit", "--cooldown-minutes", "0"], fake.url),
-                               (["submit", "--trigger", "schedule"], fake.url)):
+            for args, host in (
+                (["monitor", "--submit", "--cooldown-minutes", "0"], "http://127.0.0.1:9"),
+                (["monitor", "--submit", "--cooldown-minutes", "0"], fake.url),
+                (["submit", "--trigger", "schedule"], fake.url),
+            ):
                 result = CliRunner().invoke(main, args, env={**env, "KFP_HOST": host})
                 outputs.append((args, host, result.exit_code, result.output[-400:]))
         finally:
@@ -275,8 +287,11 @@ def test_monitor_commands_ran_their_real_paths(monitor_requests):
 
 
 def _without_bucket_check(requests):
-    return [r for r in requests if not (r[0] in ("s3:ListBucket", "s3:CreateBucket") and r[2] is None
-                                        and r[1] == f"arn:aws:s3:::{BUCKET}")]
+    return [
+        r
+        for r in requests
+        if not (r[0] in ("s3:ListBucket", "s3:CreateBucket") and r[2] is None and r[1] == f"arn:aws:s3:::{BUCKET}")
+    ]
 
 
 @pytest.mark.slow
@@ -296,14 +311,17 @@ def test_monitor_policy_grants_nothing_the_monitor_does_not_use(monitor_requests
     used = set()
     for action, resource, prefix in _without_bucket_check(requests):
         key = prefix if prefix is not None else resource.split(":::", 1)[1].split("/", 1)[1]
-        used.add((action, key[len(PREFIX) + 1:].split("/", 1)[0]))
+        used.add((action, key[len(PREFIX) + 1 :].split("/", 1)[0]))
     assert grants(POLICIES["monitor"]) == used
     assert {p for a, p in used if a in ("s3:PutObject", "s3:DeleteObject")} == {"monitor"}
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="pipeline-side change pending: S3Store checks/creates the bucket "
-                   "(HeadBucket = s3:ListBucket without a prefix) on open; a scoped key cannot")
+@pytest.mark.xfail(
+    strict=True,
+    reason="pipeline-side change pending: S3Store checks/creates the bucket "
+    "(HeadBucket = s3:ListBucket without a prefix) on open; a scoped key cannot",
+)
 def test_monitor_never_checks_or_creates_the_bucket(monitor_requests):
     """A scoped key may list only its prefixes; HeadBucket (minio bucket_exists) is authorized as
     an unprefixed s3:ListBucket and make_bucket as s3:CreateBucket: the admin creates the bucket

@@ -10,8 +10,16 @@ import re
 import pytest
 
 from tests import platform_rules as up
-from tests.manifests.render import (OVERLAYS_EXPECTED, REPO, VARIANTS, all_pod_templates, containers, find, ident,
-                                    pod_specs, rendered)
+from tests.manifests.render import (
+    OVERLAYS_EXPECTED,
+    REPO,
+    VARIANTS,
+    all_pod_templates,
+    find,
+    ident,
+    pod_specs,
+    rendered,
+)
 
 MODES = sorted(OVERLAYS_EXPECTED)
 NOWHERE_IP = "203.0.113.7"  # documentation address: never an allowed peer
@@ -100,7 +108,9 @@ def test_steps_identity_is_the_one_kfp_runs_them_as(mode):
         assert namespace == up.KFP_NAMESPACE
     (binding,) = find(objs, "RoleBinding", "ctp-steps")
     assert binding["roleRef"]["name"] == "ctp-steps"
-    assert [(s["kind"], s["name"], s["namespace"]) for s in binding["subjects"]] == [("ServiceAccount", runner, namespace)]
+    assert [(s["kind"], s["name"], s["namespace"]) for s in binding["subjects"]] == [
+        ("ServiceAccount", runner, namespace)
+    ]
     for obj in objs:
         if obj["kind"] not in ("PriorityClass",):
             assert obj["metadata"].get("namespace") == namespace, ident(obj)
@@ -109,8 +119,11 @@ def test_steps_identity_is_the_one_kfp_runs_them_as(mode):
 # ----------------------------------------------------------------------------- RBAC from the code
 def _calls_in(path, pattern):
     tree = ast.parse(path.read_text())
-    return {n.func.attr for n in ast.walk(tree) if isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute)
-            and re.fullmatch(pattern, n.func.attr)}
+    return {
+        n.func.attr
+        for n in ast.walk(tree)
+        if isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute) and re.fullmatch(pattern, n.func.attr)
+    }
 
 
 def _steps_verbs_from_code() -> dict[tuple[str, str], set[str]]:
@@ -141,7 +154,11 @@ def _kfp_rbac_from_code() -> set[tuple[str, str]]:
         for fn in ast.walk(ast.parse(path.read_text())):
             if isinstance(fn, ast.FunctionDef) and fn.name not in NOT_IN_CLUSTER:
                 for n in ast.walk(fn):
-                    if isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute) and n.func.attr in up.KFP_CLIENT_RBAC:
+                    if (
+                        isinstance(n, ast.Call)
+                        and isinstance(n.func, ast.Attribute)
+                        and n.func.attr in up.KFP_CLIENT_RBAC
+                    ):
                         pairs |= up.KFP_CLIENT_RBAC[n.func.attr]
     return pairs
 
@@ -183,8 +200,12 @@ def test_cronjob_identity_has_exactly_the_kfp_rights_its_calls_need(mode):
     for cron in find(objs, "CronJob"):
         ((_, pod),) = pod_specs(cron)
         assert pod["serviceAccountName"] == "ctp-runner" and pod["automountServiceAccountToken"] is False
-        token = [s["serviceAccountToken"] for v in pod["volumes"] for s in v.get("projected", {}).get("sources", [])
-                 if "serviceAccountToken" in s]
+        token = [
+            s["serviceAccountToken"]
+            for v in pod["volumes"]
+            for s in v.get("projected", {}).get("sources", [])
+            if "serviceAccountToken" in s
+        ]
         assert [t["audience"] for t in token] == [up.KFP_TOKEN_AUDIENCE]
 
 
@@ -223,16 +244,22 @@ def test_kfp_driver_and_launcher_pods_reach_what_they_need(variant):
         for peer, kw in _kfp_peers().items():
             assert up.egress_allows(policies, labels, ns, **kw), f"{variant}: {what} pod cannot reach {peer}"
         for port in (443, 6443):
-            assert up.egress_allows(policies, labels, ns, peer_labels=None, peer_namespace=None, peer_ip=api_ip,
-                                    port=port), f"{variant}: {what} pod cannot reach the API server :{port}"
-    selecting = [p for p in policies if up.selector_matches(p["spec"]["podSelector"], _task_labels())
-                 and "Egress" in p["spec"]["policyTypes"]]
+            assert up.egress_allows(
+                policies, labels, ns, peer_labels=None, peer_namespace=None, peer_ip=api_ip, port=port
+            ), f"{variant}: {what} pod cannot reach the API server :{port}"
+    selecting = [
+        p
+        for p in policies
+        if up.selector_matches(p["spec"]["podSelector"], _task_labels()) and "Egress" in p["spec"]["policyTypes"]
+    ]
     assert selecting, "ctp's task pods are not egress-restricted at all"
     # ...and nothing else: not the API port anywhere, not the store's Service port by mistake.
-    assert not up.egress_allows(policies, _task_labels(), ns, peer_labels=None, peer_namespace=None,
-                                peer_ip=NOWHERE_IP, port=443)
-    assert not up.egress_allows(policies, _task_labels(), ns, peer_labels={"app": "something"},
-                                peer_namespace=up.KFP_NAMESPACE, port=8333)
+    assert not up.egress_allows(
+        policies, _task_labels(), ns, peer_labels=None, peer_namespace=None, peer_ip=NOWHERE_IP, port=443
+    )
+    assert not up.egress_allows(
+        policies, _task_labels(), ns, peer_labels={"app": "something"}, peer_namespace=up.KFP_NAMESPACE, port=8333
+    )
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -244,8 +271,9 @@ def test_driver_isolation_matches_the_mode(mode):
     objs = rendered(mode)
     policies = _policies(objs)
     deny = [p for p in policies if p["spec"]["podSelector"] == {}]
-    driver_selected = [p["metadata"]["name"] for p in policies
-                       if up.selector_matches(p["spec"]["podSelector"], _driver_labels())]
+    driver_selected = [
+        p["metadata"]["name"] for p in policies if up.selector_matches(p["spec"]["podSelector"], _driver_labels())
+    ]
     if mode == "multi-user":
         assert [p["metadata"]["name"] for p in deny] == ["ctp-default-deny"]
         assert set(deny[0]["spec"]["policyTypes"]) == {"Ingress", "Egress"}
@@ -281,8 +309,11 @@ def test_store_port_is_the_pod_port_behind_the_configured_endpoint(variant):
         peer = dict(peer_labels=deploy["spec"]["template"]["metadata"]["labels"], peer_namespace=ns)
         assert target == up.MINIO_POD_PORT
     else:
-        assert host in (f"{up.SEAWEEDFS_SERVICE}.{up.KFP_NAMESPACE}", f"{up.SEAWEEDFS_SERVICE}.{up.KFP_NAMESPACE}.svc",
-                        f"{up.SEAWEEDFS_SERVICE}.{up.KFP_NAMESPACE}.svc.cluster.local")
+        assert host in (
+            f"{up.SEAWEEDFS_SERVICE}.{up.KFP_NAMESPACE}",
+            f"{up.SEAWEEDFS_SERVICE}.{up.KFP_NAMESPACE}.svc",
+            f"{up.SEAWEEDFS_SERVICE}.{up.KFP_NAMESPACE}.svc.cluster.local",
+        )
         assert int(port) == up.SEAWEEDFS_SERVICE_PORT
         target = up.SEAWEEDFS_TARGET_PORT
         peer = dict(peer_labels=up.SEAWEEDFS_POD_LABELS, peer_namespace=up.KFP_NAMESPACE)
@@ -291,8 +322,11 @@ def test_store_port_is_the_pod_port_behind_the_configured_endpoint(variant):
         "recurring": _template_labels(objs, "CronJob", "ctp-recurring"),
         "training worker": _template_labels(objs, "TrainingRuntime", "ctp-torch-distributed"),
         "task": _task_labels(),
-        "predictor": {"app.kubernetes.io/part-of": "ctp", "app.kubernetes.io/component": "predictor",
-                      up.KSERVE_ISVC_POD_LABEL: "ctp-digits"},
+        "predictor": {
+            "app.kubernetes.io/part-of": "ctp",
+            "app.kubernetes.io/component": "predictor",
+            up.KSERVE_ISVC_POD_LABEL: "ctp-digits",
+        },
     }
     for who, labels in clients.items():
         assert up.egress_allows(policies, labels, ns, port=target, **peer), f"{variant}: {who} cannot reach the store"
@@ -308,8 +342,11 @@ def test_triggers_reach_exactly_dns_kfp_http_and_the_store(variant):
     objs = rendered(variant)
     ns, policies = _ns(objs), _policies(objs)
     labels = _template_labels(objs, "CronJob", "ctp-monitor")
-    assert _template_labels(objs, "CronJob", "ctp-recurring") == {**labels, "app.kubernetes.io/name": "ctp-recurring",
-                                                                    "app.kubernetes.io/component": "recurring"}
+    assert _template_labels(objs, "CronJob", "ctp-recurring") == {
+        **labels,
+        "app.kubernetes.io/name": "ctp-recurring",
+        "app.kubernetes.io/component": "recurring",
+    }
     kfp_host = find(objs, "ConfigMap", "ctp-settings")[0]["data"]["KFP_HOST"]
     assert kfp_host.endswith(f"{up.KFP_API_SERVICE}.{up.KFP_NAMESPACE}.svc.cluster.local:{up.KFP_API_HTTP_PORT}")
     peers = _kfp_peers()
@@ -346,14 +383,18 @@ def test_api_server_cidr_comes_from_the_settings_configmap(tmp_path):
     import shutil
 
     from tests.manifests.render import MANIFESTS, kustomize
+
     shutil.copytree(MANIFESTS, tmp_path / "m")
     for mode in MODES:
         patch = tmp_path / "m" / "overlays" / mode / "ctp-settings-configmap-patch.yaml"
-        patch.write_text(patch.read_text().replace('CTP_KUBE_API_CIDR: "192.0.2.1/32"', 'CTP_KUBE_API_CIDR: "10.9.8.7/32"'))
+        patch.write_text(
+            patch.read_text().replace('CTP_KUBE_API_CIDR: "192.0.2.1/32"', 'CTP_KUBE_API_CIDR: "10.9.8.7/32"')
+        )
         objs = kustomize(tmp_path / "m" / "overlays" / mode)
         (pol,) = find(objs, "NetworkPolicy", "ctp-kfp-egress")
-        assert [peer["ipBlock"]["cidr"] for r in pol["spec"]["egress"] for peer in r.get("to", [])
-                if "ipBlock" in peer] == ["10.9.8.7/32"]
+        assert [
+            peer["ipBlock"]["cidr"] for r in pol["spec"]["egress"] for peer in r.get("to", []) if "ipBlock" in peer
+        ] == ["10.9.8.7/32"]
 
 
 # ----------------------------------------------------------------------------- pod security
@@ -375,13 +416,16 @@ def test_every_pod_template_passes_pod_security_restricted(variant):
         assert annotations.get("sidecar.istio.io/inject") == "false", where
 
 
-@pytest.mark.parametrize("mutation", [
-    ("hostPID", lambda p, c: p.update(hostPID=True)),
-    ("SYS_ADMIN", lambda p, c: c["securityContext"]["capabilities"].update(add=["SYS_ADMIN"])),
-    ("procMount", lambda p, c: c["securityContext"].update(procMount="Unmasked")),
-    ("selinux user", lambda p, c: p["securityContext"].update(seLinuxOptions={"user": "root"})),
-    ("hostProcess", lambda p, c: c["securityContext"].update(windowsOptions={"hostProcess": True})),
-])
+@pytest.mark.parametrize(
+    "mutation",
+    [
+        ("hostPID", lambda p, c: p.update(hostPID=True)),
+        ("SYS_ADMIN", lambda p, c: c["securityContext"]["capabilities"].update(add=["SYS_ADMIN"])),
+        ("procMount", lambda p, c: c["securityContext"].update(procMount="Unmasked")),
+        ("selinux user", lambda p, c: p["securityContext"].update(seLinuxOptions={"user": "root"})),
+        ("hostProcess", lambda p, c: c["securityContext"].update(windowsOptions={"hostProcess": True})),
+    ],
+)
 def test_baseline_checker_catches_each_baseline_rule(mutation):
     """Negative control for tests/platform_rules.baseline_violations."""
     (cron,) = find(rendered("base"), "CronJob", "ctp-monitor")
@@ -391,13 +435,19 @@ def test_baseline_checker_catches_each_baseline_rule(mutation):
     assert up.baseline_violations(pod) and up.restricted_violations(pod)
 
 
-@pytest.mark.parametrize("mutation", [
-    ("no runAsNonRoot anywhere", lambda p, c: p["securityContext"].pop("runAsNonRoot") and c["securityContext"].pop("runAsNonRoot")),
-    ("escalation unset", lambda p, c: c["securityContext"].pop("allowPrivilegeEscalation")),
-    ("gcePersistentDisk", lambda p, c: p["volumes"].append({"name": "d", "gcePersistentDisk": {"pdName": "x"}})),
-    ("drop only NET_RAW", lambda p, c: c["securityContext"]["capabilities"].update(drop=["NET_RAW"])),
-    ("add CHOWN", lambda p, c: c["securityContext"]["capabilities"].update(add=["CHOWN"])),
-])
+@pytest.mark.parametrize(
+    "mutation",
+    [
+        (
+            "no runAsNonRoot anywhere",
+            lambda p, c: p["securityContext"].pop("runAsNonRoot") and c["securityContext"].pop("runAsNonRoot"),
+        ),
+        ("escalation unset", lambda p, c: c["securityContext"].pop("allowPrivilegeEscalation")),
+        ("gcePersistentDisk", lambda p, c: p["volumes"].append({"name": "d", "gcePersistentDisk": {"pdName": "x"}})),
+        ("drop only NET_RAW", lambda p, c: c["securityContext"]["capabilities"].update(drop=["NET_RAW"])),
+        ("add CHOWN", lambda p, c: c["securityContext"]["capabilities"].update(add=["CHOWN"])),
+    ],
+)
 def test_restricted_checker_catches_each_restricted_rule(mutation):
     """Negative control for tests/platform_rules.restricted_violations: rules baseline allows."""
     (cron,) = find(rendered("base"), "CronJob", "ctp-monitor")
@@ -429,6 +479,7 @@ def test_trainingruntime_places_workers_on_the_gpu_pool(mode):
     assert pod["priorityClassName"] == pc["metadata"]["name"] and pc.get("globalDefault") is not True
     assert pc["preemptionPolicy"] == "Never"
     from components._shared.cluster import ClusterSettings
+
     s = ClusterSettings()
     assert pod["nodeSelector"] == {s.node_selector_key: s.node_selector_value}
     assert pod["tolerations"] == [{"key": s.toleration_key, "operator": "Exists", "effect": s.toleration_effect}]
@@ -438,7 +489,9 @@ def test_trainingruntime_places_workers_on_the_gpu_pool(mode):
     assert vols[shm["name"]]["emptyDir"]["medium"] == "Memory"
     assert pod["automountServiceAccountToken"] is False
     assert rj["template"]["spec"]["template"]["metadata"]["labels"] == {
-        "app.kubernetes.io/part-of": "ctp", "app.kubernetes.io/component": "training"}
+        "app.kubernetes.io/part-of": "ctp",
+        "app.kubernetes.io/component": "training",
+    }
 
 
 def test_trainingruntime_without_gpu_pool_has_no_placement():

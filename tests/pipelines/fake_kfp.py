@@ -68,6 +68,7 @@ class FakeKfpApi:  # no KFP backend exists here
         self.pipelines: dict[str, models.V2beta1Pipeline] = {}
         self.versions: dict[str, list[models.V2beta1PipelineVersion]] = {}
         self.specs: dict[str, dict] = {}  # pipeline version id -> pipeline spec
+        self.stored: dict[str, dict] = {}  # pipeline version id -> what GET .../versions/{id} returns
         self.experiments: dict[str, models.V2beta1Experiment] = {}
         self.runs: dict[str, models.V2beta1Run] = {}
         self.recurring_runs: dict[str, models.V2beta1RecurringRun] = {}
@@ -95,7 +96,7 @@ class FakeKfpApi:  # no KFP backend exists here
 
     # --- server side ---------------------------------------------------------------------------
     def _now(self) -> dt.datetime:  # strictly increasing, so "created_at desc" has one answer
-        return dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc) + dt.timedelta(seconds=next(self._clock))
+        return dt.datetime(2026, 1, 1, tzinfo=dt.UTC) + dt.timedelta(seconds=next(self._clock))
 
     def _handler_class(self):
         fake = self
@@ -117,9 +118,14 @@ class FakeKfpApi:  # no KFP backend exists here
                 url = urlparse(self.path)
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
                 query = {k: v[0] for k, v in parse_qs(url.query).items()}
-                request = {"method": method, "path": url.path, "query": query,
-                           "authorization": self.headers.get("Authorization"),
-                           "content_type": self.headers.get("Content-Type", ""), "raw": body}
+                request = {
+                    "method": method,
+                    "path": url.path,
+                    "query": query,
+                    "authorization": self.headers.get("Authorization"),
+                    "content_type": self.headers.get("Content-Type", ""),
+                    "raw": body,
+                }
                 with fake._lock:
                     fake.requests.append(request)
                     try:
@@ -138,13 +144,14 @@ class FakeKfpApi:  # no KFP backend exists here
         return Handler
 
     def _route(self, request: dict):
-        method, path, query = request["method"], request["path"][len(API):], request["query"]
+        method, path, query = request["method"], request["path"][len(API) :], request["query"]
         routes = [
             ("GET", r"/healthz", lambda: models.V2beta1GetHealthzResponse(multi_user=False)),
             ("GET", r"/pipelines", lambda: self._list_pipelines(query)),
             ("POST", r"/pipelines/upload", lambda: self._upload(request, None)),
             ("POST", r"/pipelines/upload_version", lambda: self._upload(request, query["pipelineid"])),
             ("GET", r"/pipelines/([^/]+)/versions", lambda pid: self._list_versions(pid, query)),
+            ("GET", r"/pipelines/([^/]+)/versions/([^/]+)", lambda pid, vid: self._get_version(pid, vid)),
             ("GET", r"/experiments", lambda: self._list_experiments(query)),
             ("POST", r"/experiments", lambda: self._create_experiment(request)),
             ("POST", r"/runs", lambda: self._create_run(request)),
@@ -187,7 +194,7 @@ class FakeKfpApi:  # no KFP backend exists here
             items = sorted(items, key=lambda i: i.created_at, reverse=True)
         start, size = int(query.get("page_token") or 0), int(query.get("page_size") or 10)
         more = start + size < len(items)
-        return items[start:start + size], (str(start + size) if more else "")
+        return items[start : start + size], (str(start + size) if more else "")
 
     # pipelines
     def _list_pipelines(self, query):
@@ -196,7 +203,8 @@ class FakeKfpApi:  # no KFP backend exists here
 
     def _upload(self, request, pipeline_id):
         message = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(
-            b"Content-Type: " + request["content_type"].encode() + b"\r\n\r\n" + request["raw"])
+            b"Content-Type: " + request["content_type"].encode() + b"\r\n\r\n" + request["raw"]
+        )
         (part,) = [p for p in message.iter_parts() if p.get_param("name", header="content-disposition") == "uploadfile"]
         spec, *platform = yaml.safe_load_all(part.get_payload(decode=True))  # pipeline spec [+ platform spec]
         request["spec"] = spec
@@ -205,25 +213,40 @@ class FakeKfpApi:  # no KFP backend exists here
             if any(p.display_name == name for p in self.pipelines.values()):
                 return 409, {"error": f"pipeline {name} already exists", "code": 6}
             pipeline_id = str(uuid.uuid4())
-            self.pipelines[pipeline_id] = models.V2beta1Pipeline(pipeline_id=pipeline_id, display_name=name,
-                                                                 created_at=self._now())
+            self.pipelines[pipeline_id] = models.V2beta1Pipeline(
+                pipeline_id=pipeline_id, display_name=name, created_at=self._now()
+            )
             self.versions[pipeline_id] = []
         elif pipeline_id not in self.pipelines:
             return self._missing("pipeline", pipeline_id)
         if any(v.display_name == name for v in self.versions[pipeline_id]):
             return 409, {"error": f"version {name} already exists", "code": 6}
-        version = models.V2beta1PipelineVersion(pipeline_id=pipeline_id, pipeline_version_id=str(uuid.uuid4()),
-                                                display_name=name, created_at=self._now())
+        version = models.V2beta1PipelineVersion(
+            pipeline_id=pipeline_id, pipeline_version_id=str(uuid.uuid4()), display_name=name, created_at=self._now()
+        )
         self.versions[pipeline_id].append(version)
         self.specs[version.pipeline_version_id] = spec
+        # As the API server stores it (kubeflow/pipelines 2.17, backend/src/apiserver/server/util.go,
+        # YamlStringToPipelineSpecStruct): the spec alone, or both under pipeline_spec/platform_spec.
+        self.stored[version.pipeline_version_id] = (
+            {"pipeline_spec": spec, "platform_spec": platform[0]} if platform else spec
+        )
         return self.pipelines[pipeline_id] if request["path"].endswith("/upload") else version
 
     def _list_versions(self, pipeline_id, query):
         if pipeline_id not in self.pipelines:
             return self._missing("pipeline", pipeline_id)
         page, token = self._page(self.versions[pipeline_id], query)
-        return models.V2beta1ListPipelineVersionsResponse(pipeline_versions=page, total_size=len(page),
-                                                          next_page_token=token)
+        return models.V2beta1ListPipelineVersionsResponse(
+            pipeline_versions=page, total_size=len(page), next_page_token=token
+        )
+
+    def _get_version(self, pipeline_id, version_id):
+        found = [v for v in self.versions.get(pipeline_id, []) if v.pipeline_version_id == version_id]
+        if not found:
+            return self._missing("pipeline version", version_id)
+        (version,) = found
+        return models.V2beta1PipelineVersion(**{**version.to_dict(), "pipeline_spec": self.stored[version_id]})
 
     # experiments
     def _list_experiments(self, query):
@@ -232,8 +255,12 @@ class FakeKfpApi:  # no KFP backend exists here
 
     def _create_experiment(self, request):
         data = self._json(request, "V2beta1Experiment")
-        experiment = models.V2beta1Experiment(experiment_id=str(uuid.uuid4()), display_name=data["display_name"],
-                                              namespace=data.get("namespace"), created_at=self._now())
+        experiment = models.V2beta1Experiment(
+            experiment_id=str(uuid.uuid4()),
+            display_name=data["display_name"],
+            namespace=data.get("namespace"),
+            created_at=self._now(),
+        )
         self.experiments[experiment.experiment_id] = experiment
         return experiment
 
@@ -258,17 +285,23 @@ class FakeKfpApi:  # no KFP backend exists here
     def _create_run(self, request):
         data = self._json(request, "V2beta1Run")
         self._spec_of(data)
-        run = models.V2beta1Run(run_id=str(uuid.uuid4()), created_at=self._now(), state="PENDING",
-                                **{k: data.get(k) for k in ("experiment_id", "display_name")})
+        run = models.V2beta1Run(
+            run_id=str(uuid.uuid4()),
+            created_at=self._now(),
+            state="PENDING",
+            **{k: data.get(k) for k in ("experiment_id", "display_name")},
+        )
         self.runs[run.run_id] = run
         return run
 
     def _list_recurring(self, query):
-        items = [r for r in self.recurring_runs.values()
-                 if not query.get("experiment_id") or r.experiment_id == query["experiment_id"]]
+        items = [
+            r
+            for r in self.recurring_runs.values()
+            if not query.get("experiment_id") or r.experiment_id == query["experiment_id"]
+        ]
         page, token = self._page(items, query)
-        return models.V2beta1ListRecurringRunsResponse(recurring_runs=page, total_size=len(page),
-                                                       next_page_token=token)
+        return models.V2beta1ListRecurringRunsResponse(recurring_runs=page, total_size=len(page), next_page_token=token)
 
     def _create_recurring(self, request):
         data = self._json(request, "V2beta1RecurringRun")
@@ -277,10 +310,15 @@ class FakeKfpApi:  # no KFP backend exists here
         if len(cron.split()) != 6:  # the backend's robfig/cron parser takes seconds first
             raise ValueError(f"cron {cron!r} is not a six-field expression")
         recurring = models.V2beta1RecurringRun(
-            recurring_run_id=str(uuid.uuid4()), display_name=data["display_name"], experiment_id=data["experiment_id"],
-            created_at=self._now(), mode=data.get("mode"), max_concurrency=data.get("max_concurrency"),
+            recurring_run_id=str(uuid.uuid4()),
+            display_name=data["display_name"],
+            experiment_id=data["experiment_id"],
+            created_at=self._now(),
+            mode=data.get("mode"),
+            max_concurrency=data.get("max_concurrency"),
             no_catchup=data.get("no_catchup"),
-            trigger=models.V2beta1Trigger(cron_schedule=models.V2beta1CronSchedule(cron=cron)))
+            trigger=models.V2beta1Trigger(cron_schedule=models.V2beta1CronSchedule(cron=cron)),
+        )
         self.recurring_runs[recurring.recurring_run_id] = recurring
         return recurring
 

@@ -12,11 +12,26 @@ SENTINEL_SECRET = "sentinel-secret-value-9f8e7d"
 @pytest.fixture(scope="module")
 def compiled(tmp_path_factory):
     path = tmp_path_factory.mktemp("compile") / "ct.yaml"
-    env = {"MINIO_ACCESS_KEY": "sentinel-access-key-1a2b", "MINIO_SECRET_KEY": SENTINEL_SECRET,
-           "PATH": "/usr/bin:/bin"}
-    result = subprocess.run([sys.executable, "-m", "pipelines.cli", "compile", "-o", str(path), "--gpus", "2",
-                             "--node-selector", "pool=a100", "--toleration-key", "gpu-taint"],
-                            capture_output=True, text=True, env=env)
+    env = {"MINIO_ACCESS_KEY": "sentinel-access-key-1a2b", "MINIO_SECRET_KEY": SENTINEL_SECRET, "PATH": "/usr/bin:/bin"}
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pipelines.cli",
+            "compile",
+            "-o",
+            str(path),
+            "--gpus",
+            "2",
+            "--node-selector",
+            "pool=a100",
+            "--toleration-key",
+            "gpu-taint",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
     assert result.returncode == 0, result.stderr
     text = path.read_text()
     spec, platform = list(yaml.safe_load_all(text))
@@ -71,7 +86,19 @@ def test_fingerprint_is_a_parameter_and_side_effect_steps_never_cache(compiled):
 
 
 def test_bad_node_selector_is_a_one_line_error(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "pipelines.cli", "compile", "-o", str(tmp_path / "x.yaml"),
-                             "--node-selector", "nolabel"], capture_output=True, text=True)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pipelines.cli",
+            "compile",
+            "-o",
+            str(tmp_path / "x.yaml"),
+            "--node-selector",
+            "nolabel",
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 2
     assert result.stderr.strip().count("\n") == 0 and "KEY=VALUE" in result.stderr

@@ -9,13 +9,13 @@ import pytest
 from click.testing import CliRunner
 
 from components._shared.dataset import decode_images, list_batches
+from components._shared.model.inputs import pixel_features
 from components._shared.registry import CHAMPION, Registry, new_version_id
 from components._shared.sampledata import SeedConfig, seed_digits
 from components._shared.store import S3Store, read_parquet
-from components.validate_data import drift
 from pipelines.cli import main
 from pipelines.continuous_training import compile_pipeline
-from pipelines.triggers import KfpSettings, connect, upload
+from pipelines.kfp_api import KfpSettings, connect, upload
 from tests.pipelines.fake_kfp import FakeKfpApi
 
 SHIFT = dict(append=True, batches=2, shift="rotation", strength=0.5)
@@ -44,9 +44,10 @@ def store(s3_env):
 def publish_champion(store, tmp_path) -> str:
     """A champion whose reference sample is the labelled data's drift features, as training writes
     it (no training needed to test the monitor)."""
-    images = np.concatenate([decode_images(read_parquet(store, key))
-                             for keys in list_batches(store, "digits").values() for key in keys])
-    np.save(tmp_path / "reference.npy", drift.features(images), allow_pickle=False)
+    images = np.concatenate(
+        [decode_images(read_parquet(store, key)) for keys in list_batches(store, "digits").values() for key in keys]
+    )
+    np.save(tmp_path / "reference.npy", pixel_features(images), allow_pickle=False)
     registry, version = Registry(store, "digits"), new_version_id()
     registry.publish(version, {"reference.npy": tmp_path / "reference.npy"}, {"data": {"batches": ["0000", "0001"]}})
     assert registry.promote(version, None, run_id="seed", reason="test champion")
@@ -72,7 +73,7 @@ def test_drifted_traffic_submits_exactly_one_run_per_evidence(store, fake_kfp, t
     (call,) = fake_kfp.calls("POST", "/runs")
     params = call["json"]["runtime_config"]["parameters"]
     assert params["trigger"] == "drift" and params["run_id"] in line
-    report_key = params["evidence_uri"][len(store.uri) + 1:]
+    report_key = params["evidence_uri"][len(store.uri) + 1 :]
     report = store.get_json(report_key)
     assert report["drift"]["is_drift"] is True and report["window"]["watermark"] == "0003"
     (marker,) = submitted_markers(store)
@@ -140,18 +141,25 @@ def test_without_submit_or_local_it_only_reports(store, tmp_path):
 def test_local_loop_ends_with_a_new_champion_trained_on_the_evidence(store, tmp_path):
     from pipelines.local_run import LocalRunOptions, run_locally
 
-    run_locally(LocalRunOptions(store_uri=store.uri, epochs=2, nproc_per_node=1, pipeline_root=str(tmp_path / "runs")))
+    run_locally(
+        LocalRunOptions(
+            store_uri=store.uri, pipeline_root=str(tmp_path / "runs"), params={"epochs": 2, "nproc_per_node": 1}
+        )
+    )
     registry = Registry(store, "digits")
     first = registry.alias(CHAMPION).version
     seed_digits(store, SeedConfig(**SHIFT))
-    result = CliRunner().invoke(main, ["monitor", "--local", "--epochs", "2", "--nproc-per-node", "1",
-                                       "--pipeline-root", str(tmp_path / "runs")], env={"CTP_STORE": store.uri})
+    result = CliRunner().invoke(
+        main,
+        ["monitor", "--local", "--epochs", "2", "--nproc-per-node", "1", "--pipeline-root", str(tmp_path / "runs")],
+        env={"CTP_STORE": store.uri},
+    )
     assert result.exit_code == 0, result.output
     assert "monitor: submitted:" in result.output
     champion = registry.alias(CHAMPION).version
     assert champion != first
     card = registry.card(champion)
     assert card["trigger"] == "drift" and card["parent_version"] == first
-    assert store.get_json(card["trigger_evidence"][len(store.uri) + 1:])["drift"]["is_drift"] is True
+    assert store.get_json(card["trigger_evidence"][len(store.uri) + 1 :])["drift"]["is_drift"] is True
     assert "0003" in card["data"]["batches"]
     assert monitor(store, None, "--local").startswith(("monitor: cooldown:", "monitor: no_drift:"))  # no second run

@@ -2,6 +2,7 @@
 exists here). The assertions are on the requests kfp.Client actually sent."""
 
 import uuid
+from pathlib import Path
 
 import pytest
 import yaml
@@ -9,6 +10,7 @@ from click.testing import CliRunner
 
 from components._shared.sampledata import SeedConfig, seed_digits
 from components._shared.store import S3Store
+from components.ingest.config import IngestConfig
 from components.ingest.core import compute_fingerprint
 from pipelines.cli import main
 from pipelines.continuous_training import PIPELINE_NAME, compile_pipeline
@@ -58,7 +60,7 @@ def test_upload_creates_the_pipeline_then_adds_versions(fake_kfp, package):
     (added,) = fake_kfp.calls("POST", "/pipelines/upload_version")
     (pipeline_id,) = fake_kfp.pipelines
     assert added["query"] == {"name": "abc123", "pipelineid": pipeline_id}
-    assert added["spec"] == next(yaml.safe_load_all(open(package)))
+    assert added["spec"] == next(yaml.safe_load_all(Path(package).read_text()))
     assert "added:" in out and "abc123" in out
 
     again = upload(fake_kfp, "--version", "abc123", package).output  # CI re-running the same commit
@@ -71,15 +73,25 @@ def test_submit_runs_the_newest_version_with_the_run_parameters(fake_kfp, packag
     upload(fake_kfp, package)
     upload(fake_kfp, "--version", "v2", package)
     newest = fake_kfp.versions[next(iter(fake_kfp.pipelines))][-1]
-    result = ctp("submit", "--trigger", "schedule", "--param", "epochs=3", "--evidence-uri", "s3://x/report.json",
-                 env={"KFP_HOST": fake_kfp.url, "CTP_STORE": s3_store.uri, "CTP_NAMESPACE": "team-a"})
+    result = ctp(
+        "submit",
+        "--trigger",
+        "schedule",
+        "--param",
+        "epochs=3",
+        "--evidence-uri",
+        "s3://x/report.json",
+        env={"KFP_HOST": fake_kfp.url, "CTP_STORE": s3_store.uri, "CTP_NAMESPACE": "team-a"},
+    )
     assert result.exit_code == 0, result.output
     (call,) = fake_kfp.calls("POST", "/runs")
     body = call["json"]
-    assert body["pipeline_version_reference"] == {"pipeline_id": newest.pipeline_id,
-                                                  "pipeline_version_id": newest.pipeline_version_id}
+    assert body["pipeline_version_reference"] == {
+        "pipeline_id": newest.pipeline_id,
+        "pipeline_version_id": newest.pipeline_version_id,
+    }
     params = body["runtime_config"]["parameters"]
-    assert params["data_fingerprint"] == compute_fingerprint(s3_store, "digits", 0.2)
+    assert params["data_fingerprint"] == compute_fingerprint(s3_store, IngestConfig(test_fraction=0.2))
     assert params["store_uri"] == s3_store.uri and params["trigger"] == "schedule" and params["epochs"] == 3
     assert params["evidence_uri"] == "s3://x/report.json"
     assert body["display_name"] == params["run_id"] and params["run_id"].startswith("run-")
@@ -100,10 +112,13 @@ def test_submit_a_named_version_or_a_package(fake_kfp, package, s3_store):
     assert by_package["pipeline_spec"]["pipeline_spec"]["pipelineInfo"]["name"] == PIPELINE_NAME
 
 
-@pytest.mark.parametrize("args, code", [
-    (["--store", "./some-dir"], "CONFIG_INVALID"),  # a cluster run cannot read a laptop directory
-    (["--version", "nope"], "KFP_PIPELINE_NOT_FOUND"),
-])
+@pytest.mark.parametrize(
+    "args, code",
+    [
+        (["--store", "./some-dir"], "CONFIG_INVALID"),  # a cluster run cannot read a laptop directory
+        (["--version", "nope"], "KFP_PIPELINE_NOT_FOUND"),
+    ],
+)
 def test_submit_errors_are_one_line(fake_kfp, package, s3_store, args, code):
     upload(fake_kfp, package)
     result = CliRunner().invoke(main, ["submit", "--host", fake_kfp.url, "--store", s3_store.uri, *args])
@@ -132,8 +147,13 @@ def test_schedule_is_a_cron_recurring_run_one_at_a_time_without_catchup(fake_kfp
     assert body["trigger"] == {"cron_schedule": {"cron": "0 0 3 * * *"}}  # KFP's cron has seconds first
     assert body["max_concurrency"] == 1 and body["no_catchup"] is True and body["mode"] == "ENABLE"
     params = body["runtime_config"]["parameters"]
-    assert params == {"store_uri": "s3://ctp/ctp", "dataset": "digits", "model_name": "digits",
-                      "trigger": "schedule", "epochs": 5}  # no fingerprint: each run takes the data it finds
+    assert params == {
+        "store_uri": "s3://ctp/ctp",
+        "dataset": "digits",
+        "model_name": "digits",
+        "trigger": "schedule",
+        "epochs": 5,
+    }  # no fingerprint: each run takes the data it finds
     (version,) = fake_kfp.versions[next(iter(fake_kfp.pipelines))]
     assert body["pipeline_version_reference"]["pipeline_version_id"] == version.pipeline_version_id
 
@@ -148,19 +168,23 @@ def test_schedule_again_replaces_it_instead_of_adding_one(fake_kfp, package):
     nightly = [r for r in fake_kfp.recurring_runs.values() if r.display_name == "nightly"]
     assert len(nightly) == 1 and nightly[0].recurring_run_id != old.recurring_run_id
     assert nightly[0].trigger.cron_schedule.cron == "0 30 2 * * *"
-    assert [c["path"].rsplit("/", 1)[1] for c in fake_kfp.calls("DELETE", "/recurringruns/.+")] == \
-        [old.recurring_run_id]
+    assert [c["path"].rsplit("/", 1)[1] for c in fake_kfp.calls("DELETE", "/recurringruns/.+")] == [
+        old.recurring_run_id
+    ]
     assert sorted(r.display_name for r in fake_kfp.recurring_runs.values()) == ["nightly", "weekly"]
     new_version = fake_kfp.versions[next(iter(fake_kfp.pipelines))][-1]
-    assert fake_kfp.calls("POST", "/recurringruns")[-1]["json"]["pipeline_version_reference"][
-        "pipeline_version_id"] == new_version.pipeline_version_id  # re-scheduling moves it to the newest version
+    assert (
+        fake_kfp.calls("POST", "/recurringruns")[-1]["json"]["pipeline_version_reference"]["pipeline_version_id"]
+        == new_version.pipeline_version_id
+    )  # re-scheduling moves it to the newest version
     assert "replaced 1 older" in out
 
 
 def test_schedule_rejects_a_cron_that_is_not_five_fields(fake_kfp, package):
     upload(fake_kfp, package)
-    result = CliRunner().invoke(main, ["schedule", "x", "--cron", "every day", "--host", fake_kfp.url,
-                                       "--store", "s3://ctp/ctp"])
+    result = CliRunner().invoke(
+        main, ["schedule", "x", "--cron", "every day", "--host", fake_kfp.url, "--store", "s3://ctp/ctp"]
+    )
     assert result.exit_code == 2 and "CRON_INVALID" in result.output
     assert not fake_kfp.recurring_runs
 
@@ -191,6 +215,7 @@ def test_the_fake_rejects_what_the_real_api_would(fake_kfp, package, s3_store):
     with pytest.raises(ValueError, match="is not one of"):
         check_fields({"mode": "ON"}, "V2beta1RecurringRun")
     upload(fake_kfp, package)
-    result = CliRunner().invoke(main, ["submit", "--host", fake_kfp.url, "--store", s3_store.uri,
-                                       "--param", "not_an_input=1"])
+    result = CliRunner().invoke(
+        main, ["submit", "--host", fake_kfp.url, "--store", s3_store.uri, "--param", "not_an_input=1"]
+    )
     assert result.exit_code == 2 and "not_an_input" in result.output and not fake_kfp.runs

@@ -21,24 +21,32 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from faultproxy import FaultProxy, Rule
 
 from components._shared.janitor import sweep
 from components._shared.registry import CHAMPION, Registry
 from components._shared.store import PART_SIZE, LocalStore, S3Settings, S3Store, Store, sha256_bytes
-from faultproxy import FaultProxy, Rule
 from pipelines.cli import main
 
 ROOT = Path(__file__).resolve().parents[2]
 MODEL = "digits"
-FILES = {"model.safetensors": b"\x08\x00\x00\x00\x00\x00\x00\x00{}      ", "model.onnx": b"onnx" * 256,
-         "meta.json": b'{"arch": "small_cnn"}', "reference.npy": b"\x93NUMPY" + b"\x00" * 64}
+FILES = {
+    "model.safetensors": b"\x08\x00\x00\x00\x00\x00\x00\x00{}      ",
+    "model.onnx": b"onnx" * 256,
+    "meta.json": b'{"arch": "small_cnn"}',
+    "reference.npy": b"\x93NUMPY" + b"\x00" * 64,
+}
 
 
 def _env(settings: S3Settings | None) -> dict[str, str]:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     if settings is not None:
-        env.update(MINIO_ENDPOINT=settings.endpoint, MINIO_ACCESS_KEY=settings.access_key,
-                   MINIO_SECRET_KEY=settings.secret_key, MINIO_SECURE="false")
+        env.update(
+            MINIO_ENDPOINT=settings.endpoint,
+            MINIO_ACCESS_KEY=settings.access_key,
+            MINIO_SECRET_KEY=settings.secret_key,
+            MINIO_SECURE="false",
+        )
     return env
 
 
@@ -67,10 +75,13 @@ def test_killed_multipart_upload_leaves_nothing_and_janitor_aborts_it(s3_server,
         big.write_bytes(os.urandom(4 * PART_SIZE + 1))
         proxy.add(Rule("latency", times=10_000, delay=0.5, match=lambda r: "partNumber" in r.query))
         # and hold the completing POST, so a starved test process cannot be overtaken by the upload
-        proxy.add(Rule("latency", times=10_000, delay=30.0, match=lambda r: r.method == "POST" and "uploadId" in r.query))
+        proxy.add(
+            Rule("latency", times=10_000, delay=30.0, match=lambda r: r.method == "POST" and "uploadId" in r.query)
+        )
         key = "models/digits/versions/v9/model.onnx"
-        child = subprocess.Popen([sys.executable, "-c", _UPLOADER, uri, key, str(big)], env=_env(via_proxy), cwd=ROOT,
-                                 stderr=subprocess.PIPE)
+        child = subprocess.Popen(
+            [sys.executable, "-c", _UPLOADER, uri, key, str(big)], env=_env(via_proxy), cwd=ROOT, stderr=subprocess.PIPE
+        )
         deadline = time.monotonic() + 60
         while sum("partNumber" in r.query for r, _ in proxy.log) < 2 and time.monotonic() < deadline:
             time.sleep(0.05)
@@ -170,8 +181,14 @@ def _assert_never_torn(registry: Registry) -> None:
 def _total_writes(kind: str, tmp_path: Path, s3_server) -> int:
     store, uri, settings = _open(kind, tmp_path / "count", s3_server)
     files = _publish_v1(store, tmp_path / "count")
-    out = subprocess.run([sys.executable, "-c", _PUBLISHER, uri, "0", str(files)], env=_env(settings), cwd=ROOT,
-                         capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-c", _PUBLISHER, uri, "0", str(files)],
+        env=_env(settings),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 0, out.stderr
     return int(out.stdout)
 
@@ -185,8 +202,13 @@ def test_publisher_killed_at_every_write_never_tears_the_champion(kind, tmp_path
         workdir = tmp_path / f"crash-{crash_at}"
         store, uri, settings = _open(kind, workdir, s3_server)
         files = _publish_v1(store, workdir)
-        child = subprocess.run([sys.executable, "-c", _PUBLISHER, uri, str(crash_at), str(files)],
-                               env=_env(settings), cwd=ROOT, capture_output=True, timeout=120)
+        child = subprocess.run(
+            [sys.executable, "-c", _PUBLISHER, uri, str(crash_at), str(files)],
+            env=_env(settings),
+            cwd=ROOT,
+            capture_output=True,
+            timeout=120,
+        )
         assert child.returncode == -signal.SIGKILL, child.stderr
         registry = Registry(store, MODEL)
         _assert_never_torn(registry)

@@ -30,14 +30,18 @@ from components._shared.dataset import SHAPE_KEY
 from components._shared.errors import CtpError
 from components._shared.registry import Registry
 from components._shared.store import LocalStore, read_parquet
-from components.ingest.core import IngestConfig, ingest
+from components.ingest.config import IngestConfig
+from components.ingest.core import ingest
 
 ROOT = Path(__file__).resolve().parents[2]
 BATCH_CASES, KEY_CASES, NAME_CASES = 300, 250, 100
 CODES: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)  # suite -> code -> count
-SETTINGS = dict(derandomize=True, deadline=None, database=None,
-                suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture,
-                                       HealthCheck.data_too_large])
+SETTINGS = dict(
+    derandomize=True,
+    deadline=None,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture, HealthCheck.data_too_large],
+)
 
 
 def _documented_codes() -> set[str]:
@@ -67,6 +71,7 @@ def _outcome(suite: str, action) -> object:
 
 # --- malformed batches through ingest ------------------------------------------------------------
 
+
 def _png(h: int, w: int, mode: str) -> bytes:
     buffer = io.BytesIO()
     Image.new(mode, (w, h), 128).save(buffer, format="PNG")
@@ -84,8 +89,20 @@ image_bytes = st.one_of(
 )
 declared_shapes = st.one_of(
     st.tuples(st.integers(1, 10), st.integers(1, 10), st.sampled_from([1, 3])).map(lambda s: ",".join(map(str, s))),
-    st.sampled_from(["100000,100000,3", "4096,4096,4", "0,8,1", "-8,8,1", "8,8", "8,8,1,1", "a,b,c", "", "8,,1",
-                     "99999999999999999999,1,1"]),
+    st.sampled_from(
+        [
+            "100000,100000,3",
+            "4096,4096,4",
+            "0,8,1",
+            "-8,8,1",
+            "8,8",
+            "8,8,1,1",
+            "a,b,c",
+            "",
+            "8,,1",
+            "99999999999999999999,1,1",
+        ]
+    ),
     st.text(max_size=12),
 )
 
@@ -133,8 +150,13 @@ def _labels(kind: str, n: int) -> pa.Array:
 
 
 def _clean_batch(n: int) -> pa.Table:
-    return pa.table({"id": [f"c-{i}" for i in range(n)], "image": pa.array([_GOOD_PNG] * n, pa.binary()),
-                     "label": pa.array([i % 3 for i in range(n)], pa.int64())})
+    return pa.table(
+        {
+            "id": [f"c-{i}" for i in range(n)],
+            "image": pa.array([_GOOD_PNG] * n, pa.binary()),
+            "label": pa.array([i % 3 for i in range(n)], pa.int64()),
+        }
+    )
 
 
 @st.composite
@@ -161,7 +183,7 @@ def batches(draw) -> bytes:
     data = _parquet(pa.Table.from_arrays(columns, schema=pa.schema(fields)))
     damage = draw(st.sampled_from(["none", "none", "none", "truncate", "garbage", "empty"]))
     if damage == "truncate":
-        return data[:draw(st.integers(0, len(data) - 1))]
+        return data[: draw(st.integers(0, len(data) - 1))]
     if damage == "garbage":
         return draw(st.binary(min_size=1, max_size=200))
     return b"" if damage == "empty" else data
@@ -186,8 +208,31 @@ def test_malformed_batches_through_ingest(sandbox, payloads):
 
 # --- hostile object keys through the store -------------------------------------------------------
 
-_PIECES = ["..", ".", "", "/", "\\", "\x00", "a", "models", "x" * 300, "é", "名", "\u202e", " ", "\n", "%2e%2e",
-           "~", "$HOME", "C:", "..\\..", ".locks", ".tmp-x", "batch=1", "ok.json"]
+_PIECES = [
+    "..",
+    ".",
+    "",
+    "/",
+    "\\",
+    "\x00",
+    "a",
+    "models",
+    "x" * 300,
+    "é",
+    "名",
+    "\u202e",
+    " ",
+    "\n",
+    "%2e%2e",
+    "~",
+    "$HOME",
+    "C:",
+    "..\\..",
+    ".locks",
+    ".tmp-x",
+    "batch=1",
+    "ok.json",
+]
 hostile_keys = st.one_of(
     st.lists(st.sampled_from(_PIECES), min_size=1, max_size=6).map("/".join),
     st.lists(st.sampled_from(_PIECES), min_size=1, max_size=4).map("".join),
@@ -251,7 +296,7 @@ def test_every_code_seen_is_documented():
     """Runs after the property tests (file order): every code they produced is in the README."""
     seen = {code for counter in CODES.values() for code in counter if code != "ok"}
     total = sum(sum(counter.values()) for counter in CODES.values())
-    print(f"\nhostile inputs: {dict((suite, dict(counter)) for suite, counter in CODES.items())} total={total}")
+    print(f"\nhostile inputs: { {suite: dict(counter) for suite, counter in CODES.items()} } total={total}")
     assert total >= BATCH_CASES + KEY_CASES * 11 + NAME_CASES
     assert len(seen) >= 8  # the inputs really were hostile in many ways
     assert all(CODES[suite]["ok"] > 0 for suite in ("batches", "keys", "names"))  # and valid ones still pass

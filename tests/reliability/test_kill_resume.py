@@ -10,19 +10,28 @@ import json
 
 import pytest
 
+from components._shared.model.files import META_FILE, ONNX_FILE
+from components._shared.model.serving import onnx_probabilities
 from components._shared.snapshot import load_split
-from components.evaluate.core import onnx_probabilities
-from components.ingest.core import IngestConfig, ingest
+from components.ingest.config import IngestConfig
+from components.ingest.core import ingest
 from components.train import checkpoint
-from components.train.core import META_FILE, ONNX_FILE, TrainConfig
-from components.train.ddp import launch
+from components.train.config import TrainConfig
+from components.train.torchrun import launch
 
 KILL_AT_STEP, EVERY = 25, 10
 
 
 def _run(store, fingerprint, tmp_path, name: str) -> dict:
-    config = TrainConfig(store_uri=store.uri, fingerprint=fingerprint, out_dir=str(tmp_path / name), epochs=3,
-                         run_id=name, checkpoint_every=EVERY, keep_checkpoints=0)
+    config = TrainConfig(
+        store_uri=store.uri,
+        fingerprint=fingerprint,
+        out_dir=str(tmp_path / name),
+        epochs=3,
+        run_id=name,
+        checkpoint_every=EVERY,
+        keep_checkpoints=0,
+    )
     config.save(tmp_path / f"{name}.json")
     launch(tmp_path / f"{name}.json", nproc_per_node=2, max_restarts=1)
     return json.loads((tmp_path / name / META_FILE).read_text())
@@ -34,7 +43,8 @@ def _accuracy(model_dir, split) -> float:
 
 @pytest.mark.slow
 def test_sigkilled_worker_resumes_from_the_last_checkpoint_and_matches_an_uninterrupted_run(
-        seeded_store, tmp_path, monkeypatch):
+    seeded_store, tmp_path, monkeypatch
+):
     fingerprint = ingest(seeded_store, IngestConfig()).fingerprint
     marker = tmp_path / "killed-once"
     monkeypatch.setenv("CTP_FAULT_KILL_AT_STEP", str(KILL_AT_STEP))

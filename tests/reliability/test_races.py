@@ -75,8 +75,9 @@ def _race_worker(spec: tuple, worker: int, trials: int, barrier, report) -> None
                 barrier.wait()  # the trial is over: every promote (and its previous move) is done
                 if worker == 0:
                     champion, previous = registry.alias(CHAMPION), registry.alias(PREVIOUS)
-                    report(("after", trial, champion.version if champion else None,
-                            previous.version if previous else None))
+                    report(
+                        ("after", trial, champion.version if champion else None, previous.version if previous else None)
+                    )
     except BaseException:
         report(("error", worker, traceback.format_exc()))
         barrier.abort()
@@ -101,8 +102,9 @@ def _run_in_threads(spec: tuple, publishers: int, trials: int) -> list[tuple]:
             messages.append(message)
 
     barrier = threading.Barrier(publishers, timeout=BARRIER_TIMEOUT)
-    threads = [threading.Thread(target=_race_worker, args=(spec, i, trials, barrier, report))
-               for i in range(publishers)]
+    threads = [
+        threading.Thread(target=_race_worker, args=(spec, i, trials, barrier, report)) for i in range(publishers)
+    ]
     for t in threads:
         t.start()
     for t in threads:
@@ -197,7 +199,7 @@ def test_two_publishers_move_champion_at_once(store: Store, tmp_path: Path, with
         results: dict[str, tuple] = {}
         failures: list[str] = []
 
-        def publisher(version: str):
+        def publisher(version: str, barrier=barrier, results=results, failures=failures):
             try:
                 mine = Registry(_open(spec), MODEL)
                 with tempfile.TemporaryDirectory() as tmp:
@@ -230,7 +232,8 @@ def test_two_publishers_move_champion_at_once(store: Store, tmp_path: Path, with
             assert registry.card(v)["files"]["model.safetensors"] == hashlib.sha256(_blob(v)).hexdigest()
         attempts = [e for e in registry.audit_log() if e["alias"] == CHAMPION and e["version"] in pair]
         assert sorted((e["version"], e["won"], e["from"]) for e in attempts) == sorted(
-            [(winner, True, first), (next(v for v in pair if v != winner), False, first)])
+            [(winner, True, first), (next(v for v in pair if v != winner), False, first)]
+        )
         first = winner
     assert len(registry.versions()) == 2 * rounds + (1 if with_champion else 0)
 
@@ -301,8 +304,9 @@ def test_overlapping_promotions_keep_previous_consistent(store: Store, tmp_path:
             chain.append(at)
         assert sorted(chain) == sorted(versions)
         assert registry.alias(CHAMPION).version == chain[-1]
-        assert registry.alias(PREVIOUS).version == (chain[-2] if workers > 1 else first), \
+        assert registry.alias(PREVIOUS).version == (chain[-2] if workers > 1 else first), (
             f"round {round_}: previous is not the final champion's predecessor"
+        )
         first = chain[-1]
 
 
@@ -424,8 +428,9 @@ def test_local_lock_excludes_threads_and_processes(tmp_path: Path):
     procs_n, threads_n, n = 4, 4, 60
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
-    procs = [ctx.Process(target=_locked_increments_process, args=(str(root), n, threads_n, queue))
-             for _ in range(procs_n)]
+    procs = [
+        ctx.Process(target=_locked_increments_process, args=(str(root), n, threads_n, queue)) for _ in range(procs_n)
+    ]
     for p in procs:
         p.start()
     local_failures: list[str] = []
@@ -458,8 +463,9 @@ def test_compare_and_swap_loses_no_update(store: Store):
     workers, n = 6, 12
     barrier = threading.Barrier(workers, timeout=BARRIER_TIMEOUT)
     failures: list[str] = []
-    threads = [threading.Thread(target=_cas_increments, args=(_spec(store), n, barrier, failures))
-               for _ in range(workers)]
+    threads = [
+        threading.Thread(target=_cas_increments, args=(_spec(store), n, barrier, failures)) for _ in range(workers)
+    ]
     for t in threads:
         t.start()
     for t in threads:

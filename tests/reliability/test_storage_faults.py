@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from faultproxy import FAILURES, FaultProxy, Rule
 from safetensors.numpy import save as safetensors_bytes
 
 from components._shared.errors import AlreadyExists, StoreNotFound, StoreUnavailable
@@ -23,8 +24,8 @@ from components._shared.registry import CHAMPION, Registry
 from components._shared.retry import RetryPolicy
 from components._shared.sampledata import SeedConfig, seed_digits
 from components._shared.store import S3Settings, S3Store, sha256_bytes
-from components.ingest.core import IngestConfig, ingest
-from faultproxy import FAILURES, FaultProxy, Rule
+from components.ingest.config import IngestConfig
+from components.ingest.core import ingest
 
 MODEL = "digits"
 BUDGET = RetryPolicy().attempts  # requests per operation before StoreUnavailable
@@ -49,9 +50,11 @@ def _model_files(workdir: Path) -> dict[str, Path]:
     workdir.mkdir(parents=True, exist_ok=True)
     reference = io.BytesIO()
     np.save(reference, rng.random((40, 64)), allow_pickle=False)
-    contents = {"model.safetensors": safetensors_bytes({"w": rng.random((16, 16)).astype(np.float32)}),
-                "meta.json": json.dumps({"arch": "small_cnn", "image_shape": [8, 8, 1]}).encode(),
-                "reference.npy": reference.getvalue()}
+    contents = {
+        "model.safetensors": safetensors_bytes({"w": rng.random((16, 16)).astype(np.float32)}),
+        "meta.json": json.dumps({"arch": "small_cnn", "image_shape": [8, 8, 1]}).encode(),
+        "reference.npy": reference.getvalue(),
+    }
     for name, data in contents.items():
         (workdir / name).write_bytes(data)
     return {name: workdir / name for name in contents}
@@ -65,13 +68,23 @@ def _run_path(store: S3Store, workdir: Path) -> dict:
     card = registry.publish("v1", _model_files(workdir), {"data": {"batches": result.batches}})
     assert registry.promote("v1", registry.alias(CHAMPION), run_id="r1", reason="first model")
     manifest = store.get_json(f"snapshots/{result.fingerprint}/manifest.json")
-    blobs = {k: sha256_bytes(store.get_bytes(k)) for k in store.list("")
-             if k.startswith(("datasets/", "traffic/")) or k.endswith((".parquet", ".safetensors", ".npy", "meta.json"))}
+    blobs = {
+        k: sha256_bytes(store.get_bytes(k))
+        for k in store.list("")
+        if k.startswith(("datasets/", "traffic/")) or k.endswith((".parquet", ".safetensors", ".npy", "meta.json"))
+    }
     audit = registry.audit_log()
-    return {"fingerprint": result.fingerprint, "objects": manifest["objects"], "files": card["files"],
-            "card_files": registry.card("v1")["files"], "blobs": blobs, "aliases": registry.aliases(),
-            "versions": registry.versions(), "audit": [(e["alias"], e["version"], e["won"]) for e in audit],
-            "keys": len(store.list(""))}
+    return {
+        "fingerprint": result.fingerprint,
+        "objects": manifest["objects"],
+        "files": card["files"],
+        "card_files": registry.card("v1")["files"],
+        "blobs": blobs,
+        "aliases": registry.aliases(),
+        "versions": registry.versions(),
+        "audit": [(e["alias"], e["version"], e["won"]) for e in audit],
+        "keys": len(store.list("")),
+    }
 
 
 @pytest.fixture(scope="module")
@@ -86,6 +99,7 @@ def reference_run(s3_server, tmp_path_factory):
 
 
 # --- within the budget: the same artifacts --------------------------------------------------------
+
 
 @pytest.mark.parametrize("burst", [1, 2, 3, 4])
 @pytest.mark.parametrize("kind", FAILURES)
@@ -136,9 +150,11 @@ def test_multipart_upload_survives_faults_on_every_step(proxy, s3_server, tmp_pa
     store = _store(proxy, s3_server)
     big = tmp_path / "big.bin"
     big.write_bytes(np.random.default_rng(0).bytes(6 * 1024 * 1024))
-    for step in (lambda r: r.method == "POST" and r.query.startswith("uploads"),
-                 lambda r: r.method == "PUT" and "partNumber=2" in r.query,
-                 lambda r: r.method == "POST" and "uploadId" in r.query):
+    for step in (
+        lambda r: r.method == "POST" and r.query.startswith("uploads"),
+        lambda r: r.method == "PUT" and "partNumber=2" in r.query,
+        lambda r: r.method == "POST" and "uploadId" in r.query,
+    ):
         proxy.add(Rule("slowdown", times=BUDGET - 2, match=step))
     store.put_file("models/m/big.bin", big)
     assert proxy.faults() == 3 * (BUDGET - 2)
@@ -147,14 +163,22 @@ def test_multipart_upload_survives_faults_on_every_step(proxy, s3_server, tmp_pa
 
 # --- past the budget: a typed error, nothing half-published ---------------------------------------
 
+
 @pytest.mark.parametrize("kind", FAILURES)
 def test_outage_during_publish_leaves_no_version(proxy, s3_server, tmp_path, kind):
     store = _store(proxy, s3_server, RetryPolicy())  # the production backoff: the 60 s promise
     registry = Registry(store, MODEL)
     registry.publish("v1", _model_files(tmp_path / "v1"), {})
     assert registry.promote("v1", None, run_id="r1", reason="first")
-    proxy.add(Rule(kind, times=10_000, match=lambda r: r.method == "PUT" and "/v2/" in r.path
-                   and ("card.json" in r.path or "reference.npy" in r.path)))
+    proxy.add(
+        Rule(
+            kind,
+            times=10_000,
+            match=lambda r: (
+                r.method == "PUT" and "/v2/" in r.path and ("card.json" in r.path or "reference.npy" in r.path)
+            ),
+        )
+    )
     started = time.monotonic()
     with pytest.raises(StoreUnavailable) as caught:
         registry.publish("v2", _model_files(tmp_path / "v2"), {})
@@ -206,6 +230,7 @@ def test_outage_while_reading_batches_is_store_unavailable_not_a_corrupt_file(pr
     assert time.monotonic() - started < 60
     proxy.clear()
     assert store.list("snapshots/") == []
+
 
 def test_dead_endpoint_is_store_unavailable_within_a_minute(s3_server):
     """Nothing listening at all (every connection refused): the same typed error, in time."""

@@ -84,11 +84,19 @@ def test_safetensors_that_is_a_pickle_is_refused_by_fetch(local_store, tmp_path,
 @pytest.mark.parametrize("make", [_pickle, _torch_zip], ids=["pickle", "torch-zip"])
 def test_warm_start_from_a_pickled_champion_runs_nothing(local_store, tmp_path, sentinel, make):
     """The training step's own path: fetch the champion's weights from the registry."""
-    from components.train.core import TrainConfig, _champion_files
+    from components.train.config import TrainConfig
+    from components.train.core import _champion_files
 
     _plant(local_store, "evil", {"model.safetensors": make(sentinel), "meta.json": b"{}"})
-    config = TrainConfig(store_uri=local_store.uri, fingerprint="f", out_dir=str(tmp_path / "out"),
-                         init="auto", init_version="evil", model_name="digits")
+    config = TrainConfig(
+        store_uri=local_store.uri,
+        fingerprint="f",
+        out_dir=str(tmp_path / "out"),
+        init="auto",
+        init_version="evil",
+        model_name="digits",
+        checkpoint_every=0,
+    )
     with pytest.raises(UnsafeArtifactError):
         _champion_files(local_store, config, tmp_path / "init")
     assert not sentinel.exists()
@@ -121,8 +129,10 @@ def test_every_torch_load_in_the_code_is_weights_only():
         for match in re.finditer(r"torch\.load\((.*?)\)", path.read_text(), re.S):
             calls.append((path.name, "weights_only=True" in match.group(1)))
     assert all(ok for _, ok in calls), calls
-    assert not any(re.search(r"\bpickle\.loads?\(|allow_pickle\s*=\s*True", p.read_text())
-                   for p in [*ROOT.glob("components/**/*.py"), *ROOT.glob("pipelines/**/*.py")])
+    assert not any(
+        re.search(r"\bpickle\.loads?\(|allow_pickle\s*=\s*True", p.read_text())
+        for p in [*ROOT.glob("components/**/*.py"), *ROOT.glob("pipelines/**/*.py")]
+    )
 
 
 def test_model_pt_in_a_version_dir_is_refused(local_store, tmp_path, sentinel):
@@ -163,7 +173,10 @@ def test_plain_artifacts_still_load(local_store, tmp_path):
     buffer = io.BytesIO()
     np.save(buffer, np.ones((3, 4)), allow_pickle=False)
     weights = safetensors_bytes({"w": np.arange(6, dtype=np.float32)})
-    registry = _plant(local_store, "good", {"model.safetensors": weights, "reference.npy": buffer.getvalue(),
-                                             "meta.json": b'{"arch": "small_cnn"}'})
+    registry = _plant(
+        local_store,
+        "good",
+        {"model.safetensors": weights, "reference.npy": buffer.getvalue(), "meta.json": b'{"arch": "small_cnn"}'},
+    )
     for name in ("model.safetensors", "reference.npy", "meta.json"):
         assert registry.fetch("good", name, tmp_path / name).exists()

@@ -10,14 +10,16 @@ from kfp import dsl
 
 from components._shared.dataset import ID, IMAGE, LABEL, SHAPE_KEY
 from components._shared.errors import DataValidationError
+from components._shared.model.inputs import pixel_features
 from components._shared.registry import CHAMPION, Registry, new_version_id
 from components._shared.sampledata import SeedConfig, seed_digits
 from components._shared.snapshot import data_contract, load_split, read_manifest
 from components._shared.store import parquet_bytes
 from components.ingest import core as ingest_core
-from components.ingest.core import IngestConfig, ingest
-from components.validate_data import drift
-from components.validate_data.core import ValidateConfig, check_snapshot, load_champion, validate
+from components.ingest.config import IngestConfig
+from components.ingest.core import ingest
+from components.validate_data.config import ValidateConfig
+from components.validate_data.core import check_snapshot, load_champion, validate
 from tests.helpers import digits_table, write_batch
 
 
@@ -27,11 +29,14 @@ def publish_champion(store, tmp_path, fingerprint: str, model: str = "digits") -
     manifest = read_manifest(store, fingerprint)
     train = load_split(store, fingerprint, "train", manifest)
     reference = tmp_path / "reference.npy"
-    np.save(reference, drift.features(train.images[:400]), allow_pickle=False)
+    np.save(reference, pixel_features(train.images[:400]), allow_pickle=False)
     version = new_version_id()
     registry = Registry(store, model)
-    registry.publish(version, {"reference.npy": reference}, {"data": {
-        "fingerprint": fingerprint, "batches": sorted(manifest["batches"]), **data_contract(manifest)}})
+    registry.publish(
+        version,
+        {"reference.npy": reference},
+        {"data": {"fingerprint": fingerprint, "batches": sorted(manifest["batches"]), **data_contract(manifest)}},
+    )
     assert registry.promote(version, registry.alias(CHAMPION), run_id="test-setup", reason="test champion")
     return version
 
@@ -87,8 +92,13 @@ def test_nan_in_array_images_is_named(local_store):
     pixels[[4, 9], 5] = np.nan
     field = pa.field(IMAGE, pa.list_(pa.float64(), 64), metadata={SHAPE_KEY: b"8,8,1"})
     table = pa.Table.from_arrays(
-        [pa.array([f"n{i}" for i in range(30)]), pa.FixedSizeListArray.from_arrays(pa.array(pixels.ravel()), 64),
-         pa.array([1] * 30)], schema=pa.schema([pa.field(ID, pa.string()), field, pa.field(LABEL, pa.int64())]))
+        [
+            pa.array([f"n{i}" for i in range(30)]),
+            pa.FixedSizeListArray.from_arrays(pa.array(pixels.ravel()), 64),
+            pa.array([1] * 30),
+        ],
+        schema=pa.schema([pa.field(ID, pa.string()), field, pa.field(LABEL, pa.int64())]),
+    )
     write_batch(local_store, digits_table(40), "0000")
     write_batch(local_store, table, "0001")
     err = ingest_error(local_store)
@@ -145,8 +155,13 @@ def test_new_label_is_an_error_unless_allowed(local_store, tmp_path):
     manifest = read_manifest(local_store, ingest(local_store, IngestConfig()).fingerprint)
     champion = load_champion(local_store, "digits")
     (finding,) = check_snapshot(manifest, champion, ValidateConfig())
-    assert (finding.code, finding.severity, finding.batch, finding.count, finding.examples) == \
-        ("LABEL_NEW_CLASS", "error", "0001", 3, [10])
+    assert (finding.code, finding.severity, finding.batch, finding.count, finding.examples) == (
+        "LABEL_NEW_CLASS",
+        "error",
+        "0001",
+        3,
+        [10],
+    )
     (allowed,) = check_snapshot(manifest, champion, ValidateConfig(allow_new_classes=True))
     assert allowed.severity == "warning"
 
@@ -173,8 +188,13 @@ def test_mixed_label_types_are_an_error(local_store):
 def test_any_height_width_channels(local_store):
     rng = np.random.default_rng(1)
     images = [png_bytes(rng.integers(0, 255, (12, 20, 3), dtype=np.uint8)) for _ in range(30)]
-    write_batch(local_store, pa.table({ID: [f"r{i}" for i in range(30)], IMAGE: pa.array(images, pa.binary()),
-                                       LABEL: [i % 2 for i in range(30)]}), "0000")
+    write_batch(
+        local_store,
+        pa.table(
+            {ID: [f"r{i}" for i in range(30)], IMAGE: pa.array(images, pa.binary()), LABEL: [i % 2 for i in range(30)]}
+        ),
+        "0000",
+    )
     result = ingest(local_store, IngestConfig())
     split = load_split(local_store, result.fingerprint, "train")
     assert result.image_shape == [12, 20, 3] and split.images.shape[1:] == (12, 20, 3)
@@ -182,16 +202,23 @@ def test_any_height_width_channels(local_store):
 
 # --- a bad batch stops the run before training; the champion is untouched ----------------------
 
+
 def _artifact(cls, tmp_path, name):
     return cls(name=name, uri=str(tmp_path / name), metadata={})
 
 
-@pytest.mark.parametrize("step, bad, code", [
-    ("ingest", lambda s: s.put_bytes("datasets/digits/batch=0099/part-0.parquet", b""), "PARQUET_EMPTY_FILE"),
-    ("ingest", lambda s: write_batch(s, png_table(30, bad_rows=(2,)), "0099"), "IMAGE_UNDECODABLE"),
-    ("validate-data", lambda s: write_batch(s, digits_table(40, prefix="n", labels=np.full(40, 11)), "0099"),
-     "LABEL_NEW_CLASS"),
-])
+@pytest.mark.parametrize(
+    "step, bad, code",
+    [
+        ("ingest", lambda s: s.put_bytes("datasets/digits/batch=0099/part-0.parquet", b""), "PARQUET_EMPTY_FILE"),
+        ("ingest", lambda s: write_batch(s, png_table(30, bad_rows=(2,)), "0099"), "IMAGE_UNDECODABLE"),
+        (
+            "validate-data",
+            lambda s: write_batch(s, digits_table(40, prefix="n", labels=np.full(40, 11)), "0099"),
+            "LABEL_NEW_CLASS",
+        ),
+    ],
+)
 def test_bad_data_stops_the_steps_before_train_and_keeps_the_champion(local_store, tmp_path, step, bad, code):
     from components._shared.runtime import recorded_error
     from components.ingest.component import ingest as ingest_step
@@ -203,12 +230,27 @@ def test_bad_data_stops_the_steps_before_train_and_keeps_the_champion(local_stor
     bad(local_store)
     snapshot = _artifact(dsl.Dataset, tmp_path, "snapshot")
     with pytest.raises(DataValidationError) as err:
-        run_id = ingest_step.python_func(store_uri=local_store.uri, dataset="digits", test_fraction=0.2,
-                                         data_fingerprint="", run_id="r1", job_id="", snapshot=snapshot)
-        validate_step.python_func(store_uri=local_store.uri, model="digits", allow_new_classes=False, run_id=run_id,
-                                  snapshot=snapshot, report=_artifact(dsl.Artifact, tmp_path, "report"),
-                                  report_markdown=_artifact(dsl.Markdown, tmp_path, "md"),
-                                  drift_plot=_artifact(dsl.Artifact, tmp_path, "png"))
+        run_id = ingest_step.python_func(
+            store_uri=local_store.uri,
+            dataset="digits",
+            model_name="digits",
+            test_fraction=0.2,
+            replay_fraction=1.0,
+            data_fingerprint="",
+            run_id="r1",
+            job_id="",
+            snapshot=snapshot,
+        )
+        validate_step.python_func(
+            store_uri=local_store.uri,
+            model_name="digits",
+            allow_new_classes=False,
+            run_id=run_id,
+            snapshot=snapshot,
+            report=_artifact(dsl.Artifact, tmp_path, "report"),
+            report_markdown=_artifact(dsl.Markdown, tmp_path, "md"),
+            drift_plot=_artifact(dsl.Artifact, tmp_path, "png"),
+        )
     assert err.value.code == code and "batch=0099" in err.value.message
     recorded = local_store.get_json("runs/r1/error.json")
     assert (recorded["step"], recorded["code"]) == (step, code)

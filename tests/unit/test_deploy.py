@@ -3,11 +3,12 @@ import json
 import numpy as np
 import pytest
 
+from components._shared.model.files import META_FILE, ONNX_FILE
 from components._shared.registry import CANARY, CHAMPION, PREVIOUS, Registry
 from components._shared.sampledata import SeedConfig, seed_digits
 from components._shared.store import LocalStore
-from components.deploy_canary.core import DeployConfig, canary_analysis, deploy
-from components.train.core import META_FILE, ONNX_FILE
+from components.deploy_canary.config import DeployConfig
+from components.deploy_canary.core import canary_analysis, deploy
 
 
 @pytest.fixture(scope="module")
@@ -17,8 +18,12 @@ def models(trained_models):
 
 def _card(model_dir, parent, run_id):
     meta = json.loads((model_dir / META_FILE).read_text())
-    return {"run_id": run_id, "parent_version": parent, "data": {"classes": meta["classes"]},
-            "metrics": {"accuracy": 0.0}}
+    return {
+        "run_id": run_id,
+        "parent_version": parent,
+        "data": {"classes": meta["classes"]},
+        "metrics": {"accuracy": 0.0},
+    }
 
 
 @pytest.fixture

@@ -11,7 +11,8 @@ import pytest
 from components._shared.dataset import id_hashes
 from components.ingest import core as ingest_core
 from components.ingest import duplicates
-from components.ingest.core import IngestConfig, ingest
+from components.ingest.config import IngestConfig
+from components.ingest.core import ingest
 from components.ingest.duplicates import DuplicateIds, Repeats
 from tests.helpers import digits_table, write_batch
 
@@ -19,7 +20,7 @@ from tests.helpers import digits_table, write_batch
 def _scan(found: DuplicateIds, objects: list[list[str]], chunk: int = 7) -> None:
     for obj, ids in enumerate(objects):
         for start in range(0, len(ids), chunk):
-            found.add(id_hashes(ids[start:start + chunk]), obj, start)
+            found.add(id_hashes(ids[start : start + chunk]), obj, start)
 
 
 def _expected(objects: list[list[str]], examples: int) -> dict[int, Repeats]:
@@ -66,7 +67,7 @@ def test_memory_stays_at_the_budget_whatever_the_row_count():
         hashes = np.random.default_rng(0).integers(0, 2**63, rows, dtype=np.uint64)
         tracemalloc.start()
         for start in range(0, rows, 2048):
-            found.add(hashes[start:start + 2048], 0, start)
+            found.add(hashes[start : start + 2048], 0, start)
         found.repeats(examples=5)
         _, top = tracemalloc.get_traced_memory()
         tracemalloc.stop()

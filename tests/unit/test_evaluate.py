@@ -9,13 +9,15 @@ import pytest
 
 from components._shared.dataset import LABEL, list_batches
 from components._shared.errors import CtpError
+from components._shared.model.files import META_FILE, ONNX_FILE, WEIGHTS_FILE
 from components._shared.registry import CHAMPION, Registry
 from components._shared.sampledata import SeedConfig, seed_digits
 from components._shared.snapshot import load_split
 from components._shared.store import LocalStore, parquet_bytes, read_parquet
-from components.evaluate.core import EvaluateConfig, check_parity, evaluate, evaluate_against_champion
-from components.ingest.core import IngestConfig, ingest
-from components.train.core import META_FILE, ONNX_FILE, WEIGHTS_FILE
+from components.evaluate.config import EvaluateConfig
+from components.evaluate.core import check_parity, evaluate, evaluate_against_champion
+from components.ingest.config import IngestConfig
+from components.ingest.core import ingest
 from tests.helpers import train_in_process
 
 
@@ -31,8 +33,12 @@ def copy_batches(source, dest, *, only=None, noise: float = 0.0, seed: int = 0) 
             labels = table.column(LABEL).to_numpy().copy()
             flip = rng.random(len(labels)) < noise
             labels[flip] = rng.integers(0, 10, int(flip.sum()))
-            dest.put_bytes(key, parquet_bytes(table.set_column(table.schema.get_field_index(LABEL), LABEL,
-                                                               pa.array(labels, pa.int64()))))
+            dest.put_bytes(
+                key,
+                parquet_bytes(
+                    table.set_column(table.schema.get_field_index(LABEL), LABEL, pa.array(labels, pa.int64()))
+                ),
+            )
     return ingest(dest, IngestConfig()).fingerprint
 
 
@@ -43,8 +49,11 @@ def trained(trained_models):
 
 def publish_champion(store, model_dir, batches) -> str:
     registry = Registry(store, "digits")
-    registry.publish("champion-1", {n: model_dir / n for n in (WEIGHTS_FILE, ONNX_FILE, META_FILE)},
-                     {"data": {"batches": batches}, "metrics": {"accuracy": 0.0, "macro_f1": 0.0}})
+    registry.publish(
+        "champion-1",
+        {n: model_dir / n for n in (WEIGHTS_FILE, ONNX_FILE, META_FILE)},
+        {"data": {"batches": batches}, "metrics": {"accuracy": 0.0, "macro_f1": 0.0}},
+    )
     registry.move_alias(CHAMPION, "champion-1", None, run_id="seed")
     return "champion-1"
 
@@ -80,7 +89,9 @@ def test_challenger_trained_on_label_noised_data_is_rejected_and_champion_stays(
     champion = publish_champion(registry_store, root / "good", ["0000", "0001"])
     before = (Registry(registry_store, "digits").alias(CHAMPION), Registry(registry_store, "digits").versions())
 
-    report = evaluate_against_champion(registry_store, "digits", fingerprint, noisy, EvaluateConfig(gate_test=gate_test))
+    report = evaluate_against_champion(
+        registry_store, "digits", fingerprint, noisy, EvaluateConfig(gate_test=gate_test)
+    )
 
     assert report["champion_version"] == champion and report["paired"]["test"] == gate_test
     assert report["challenger"]["accuracy"] < report["champion"]["accuracy"]
@@ -99,8 +110,15 @@ def test_challenger_better_on_new_data_but_worse_on_old_data_is_rejected(trained
     fingerprint = ingest(grown, IngestConfig()).fingerprint
     new_only = LocalStore(tmp_path / "new-only")
     new_fingerprint = copy_batches(grown, new_only, only={"0002", "0003", "0004"})
-    train_in_process(new_only, new_fingerprint, tmp_path / "forgetful", epochs=2, init="warm",
-                     init_weights=str(root / "good" / WEIGHTS_FILE), init_meta=str(root / "good" / META_FILE))
+    train_in_process(
+        new_only,
+        new_fingerprint,
+        tmp_path / "forgetful",
+        epochs=2,
+        init="warm",
+        init_weights=str(root / "good" / WEIGHTS_FILE),
+        init_meta=str(root / "good" / META_FILE),
+    )
     publish_champion(grown, root / "good", ["0000", "0001"])
 
     report = evaluate_against_champion(grown, "digits", fingerprint, tmp_path / "forgetful", EvaluateConfig())

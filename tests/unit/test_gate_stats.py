@@ -7,8 +7,15 @@ import numpy as np
 import pytest
 
 from components._shared.errors import ConfigError
-from components.evaluate.core import (EvaluateConfig, compare, expected_calibration_error, markdown_report,
-                                      mcnemar_exact, metrics, paired_bootstrap)
+from components.evaluate.config import EvaluateConfig
+from components.evaluate.core import (
+    compare,
+    expected_calibration_error,
+    markdown_report,
+    mcnemar_exact,
+    metrics,
+    paired_bootstrap,
+)
 
 
 def probs_for(labels: np.ndarray, correct: np.ndarray, classes: int = 2, confidence: float = 0.8) -> np.ndarray:
@@ -52,21 +59,32 @@ def test_mcnemar_exact_matches_the_binomial_tail_by_hand():
     challenger[:2] = False  # 2 losses
     superiority = mcnemar_exact(challenger, champion, EvaluateConfig(hypothesis="superiority"))
     assert (superiority["gains"], superiority["losses"]) == (10, 2)
-    assert superiority["p_value"] == pytest.approx((math.comb(12, 10) + 12 + 1) / 2 ** 12)
+    assert superiority["p_value"] == pytest.approx((math.comb(12, 10) + 12 + 1) / 2**12)
     assert superiority["passed"] and superiority["delta"] == pytest.approx(0.08)
     share = (0.12 - 0.01) / 0.24  # null share of gains at delta = -margin
-    tail = sum(math.comb(12, k) * share ** k * (1 - share) ** (12 - k) for k in range(10, 13))
+    tail = sum(math.comb(12, k) * share**k * (1 - share) ** (12 - k) for k in range(10, 13))
     assert mcnemar_exact(challenger, champion, EvaluateConfig())["p_value"] == pytest.approx(tail)
 
 
 def test_identical_models_are_non_inferior_but_not_superior_under_both_tests():
     same = hits(500, 450)
     for test in ("paired_bootstrap", "mcnemar"):
-        non_inferior = compare(np.zeros(500, int), ["b"] * 500, probs_for(np.zeros(500, int), same),
-                               probs_for(np.zeros(500, int), same), frozenset(), EvaluateConfig(gate_test=test))
-        superior = compare(np.zeros(500, int), ["b"] * 500, probs_for(np.zeros(500, int), same),
-                           probs_for(np.zeros(500, int), same), frozenset(),
-                           EvaluateConfig(gate_test=test, hypothesis="superiority"))
+        non_inferior = compare(
+            np.zeros(500, int),
+            ["b"] * 500,
+            probs_for(np.zeros(500, int), same),
+            probs_for(np.zeros(500, int), same),
+            frozenset(),
+            EvaluateConfig(gate_test=test),
+        )
+        superior = compare(
+            np.zeros(500, int),
+            ["b"] * 500,
+            probs_for(np.zeros(500, int), same),
+            probs_for(np.zeros(500, int), same),
+            frozenset(),
+            EvaluateConfig(gate_test=test, hypothesis="superiority"),
+        )
         assert non_inferior["gate"]["decision"] == "pass", (test, non_inferior["gate"])
         assert superior["gate"]["decision"] == "fail", (test, superior["gate"])
 
@@ -133,8 +151,7 @@ def test_bad_gate_settings_are_config_errors():
 def test_markdown_report_shows_checks_slices_and_recall():
     labels, batches, challenger, champion = forgetting_case(old_drop=15)
     report = compare(labels, batches, challenger, champion, frozenset({"0000"}), EvaluateConfig())
-    text = markdown_report({**report, "fingerprint": "f" * 32, "onnx_parity_max_abs": 1e-6,
-                            "champion_version": "v1"})
+    text = markdown_report({**report, "fingerprint": "f" * 32, "onnx_parity_max_abs": 1e-6, "champion_version": "v1"})
     assert text.startswith("# Evaluation: gate FAIL")
     assert "- FAIL **forgetting**" in text and "- pass **non_inferiority**" in text
     assert "| old data | 500 | 0.9200 |" in text and "| new data | 500 | 0.9500 |" in text

@@ -10,7 +10,8 @@ from components._shared.sampledata import SeedConfig, seed_digits
 from components._shared.snapshot import load_split, read_manifest
 from components._shared.store import LocalStore, parquet_bytes
 from components.ingest import core as ingest_core
-from components.ingest.core import IngestConfig, compute_fingerprint, ingest
+from components.ingest.config import IngestConfig
+from components.ingest.core import compute_fingerprint, ingest
 from tests.helpers import digits_table, write_batch
 
 
@@ -42,10 +43,10 @@ def test_test_examples_stay_in_test_as_batches_accumulate(local_store):
 
 def test_fingerprint_same_for_same_data_and_changes_when_one_object_is_rewritten(store):
     seed_digits(store, SeedConfig(batches=2))
-    before = compute_fingerprint(store, "digits", 0.2)
-    assert compute_fingerprint(store, "digits", 0.2) == before
+    before = compute_fingerprint(store, IngestConfig(test_fraction=0.2))
+    assert compute_fingerprint(store, IngestConfig(test_fraction=0.2)) == before
     write_batch(store, digits_table(30, prefix="new"), "0001")
-    assert compute_fingerprint(store, "digits", 0.2) != before
+    assert compute_fingerprint(store, IngestConfig(test_fraction=0.2)) != before
 
 
 def test_expected_fingerprint_mismatch_stops_ingest(local_store):
@@ -55,13 +56,16 @@ def test_expected_fingerprint_mismatch_stops_ingest(local_store):
     assert err.value.code == "FINGERPRINT_MISMATCH"
 
 
-@pytest.mark.parametrize("make_bad, code", [
-    (lambda: digits_table(30).drop_columns(["label"]), "MISSING_COLUMN"),
-    (lambda: digits_table(30).slice(0, 0), "EMPTY_BATCH"),
-    (lambda: digits_table(30).set_column(2, "label", pa.array([0.5] * 29 + [float("nan")])), "LABEL_NAN"),
-    (lambda: digits_table(30, shape=(16, 16, 1)), "IMAGE_SHAPE"),
-    (lambda: digits_table(30).set_column(2, "label", pa.array([-1] * 30, pa.int64())), "LABEL_DOMAIN"),
-])
+@pytest.mark.parametrize(
+    "make_bad, code",
+    [
+        (lambda: digits_table(30).drop_columns(["label"]), "MISSING_COLUMN"),
+        (lambda: digits_table(30).slice(0, 0), "EMPTY_BATCH"),
+        (lambda: digits_table(30).set_column(2, "label", pa.array([0.5] * 29 + [float("nan")])), "LABEL_NAN"),
+        (lambda: digits_table(30, shape=(16, 16, 1)), "IMAGE_SHAPE"),
+        (lambda: digits_table(30).set_column(2, "label", pa.array([-1] * 30, pa.int64())), "LABEL_DOMAIN"),
+    ],
+)
 def test_bad_batch_is_named_with_its_problem(local_store, make_bad, code):
     write_batch(local_store, digits_table(40), "0000")
     write_batch(local_store, make_bad(), "0001")
@@ -91,8 +95,13 @@ def test_png_images_are_decoded(local_store):
         buf = io.BytesIO()
         Image.fromarray(img).save(buf, format="PNG")
         png.append(buf.getvalue())
-    table = pa.table({"id": [f"p{i}" for i in range(25)], "image": pa.array(png, pa.binary()),
-                      "label": pa.array([i % 3 for i in range(25)], pa.int64())})
+    table = pa.table(
+        {
+            "id": [f"p{i}" for i in range(25)],
+            "image": pa.array(png, pa.binary()),
+            "label": pa.array([i % 3 for i in range(25)], pa.int64()),
+        }
+    )
     write_batch(local_store, table, "0000")
     result = ingest(local_store, IngestConfig())
     split = load_split(local_store, result.fingerprint, "train")
@@ -119,20 +128,25 @@ def test_replay_keeps_new_batches_whole_and_a_stratified_share_of_old_ones(local
     publish_champion(local_store, tmp_path, everything.fingerprint)
     seed_digits(local_store, SeedConfig(batches=1, append=True, seed=3))
     full = ingest(local_store, IngestConfig())
-    assert compute_fingerprint(local_store, "digits", 0.2) == full.fingerprint  # replay 1.0: today's behaviour
+    assert (
+        compute_fingerprint(local_store, IngestConfig(test_fraction=0.2)) == full.fingerprint
+    )  # replay 1.0: today's behaviour
     half = ingest(local_store, IngestConfig(replay_fraction=0.5))
     assert half.fingerprint != full.fingerprint
-    assert half.fingerprint == compute_fingerprint(local_store, "digits", 0.2, replay_fraction=0.5)
+    assert half.fingerprint == compute_fingerprint(local_store, IngestConfig(test_fraction=0.2, replay_fraction=0.5))
     assert half.new_batches == ["0002"] and full.new_batches == ["0000", "0001", "0002"]  # taken whole
     full_train = load_split(local_store, full.fingerprint, "train")
     half_train = load_split(local_store, half.fingerprint, "train")
     old = lambda split: np.isin(split.batches, ["0000", "0001"])  # noqa: E731
     assert sorted(np.array(half_train.ids)[~old(half_train)]) == sorted(np.array(full_train.ids)[~old(full_train)])
     assert set(half_train.ids) < set(full_train.ids)
-    kept = (np.bincount(half_train.labels[old(half_train)], minlength=10)
-            / np.bincount(full_train.labels[old(full_train)], minlength=10))
+    kept = np.bincount(half_train.labels[old(half_train)], minlength=10) / np.bincount(
+        full_train.labels[old(full_train)], minlength=10
+    )
     assert np.all(np.abs(kept - 0.5) < 0.12), kept  # every class keeps about half of its old rows
-    assert load_split(local_store, half.fingerprint, "test").ids == load_split(local_store, full.fingerprint, "test").ids
+    assert (
+        load_split(local_store, half.fingerprint, "test").ids == load_split(local_store, full.fingerprint, "test").ids
+    )
 
 
 def test_replay_fraction_must_be_a_share():

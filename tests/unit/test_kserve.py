@@ -17,14 +17,22 @@ from kubernetes.client.exceptions import ApiException
 
 from components._shared.dataset import ID, images_to_array
 from components._shared.errors import ConfigError
+from components._shared.model.files import META_FILE, ONNX_FILE
+from components._shared.model.serving import onnx_probabilities
 from components._shared.registry import CANARY, CHAMPION, PREVIOUS, Registry
 from components._shared.sampledata import load_digits_uint8
 from components._shared.store import S3Store, parquet_bytes
-from components.deploy_canary.core import DeployConfig, deploy
-from components.deploy_canary.kserve import (KIND, PROMOTE_PATCH, ROLLBACK_PATCH, KServeConfig, KServeRollout,
-                                             StorePredictionLog, inference_service, storage_uri)
-from components.evaluate.core import onnx_probabilities
-from components.train.core import META_FILE, ONNX_FILE
+from components.deploy_canary.config import DeployConfig, KServeConfig
+from components.deploy_canary.core import deploy
+from components.deploy_canary.kserve import (
+    KIND,
+    PROMOTE_PATCH,
+    ROLLBACK_PATCH,
+    KServeRollout,
+    StorePredictionLog,
+    inference_service,
+    storage_uri,
+)
 
 SCHEMA = json.loads((Path(__file__).parent / "schemas" / "kserve-inferenceservice-v1beta1.json").read_text())
 KSERVE_SA = Path(__file__).parents[2] / "manifests" / "base" / "ctp-kserve-serviceaccount.yaml"
@@ -58,6 +66,7 @@ class FakeKubernetesApi:  # no Kubernetes API server or KServe exists here
         def unexpected(*args, **kwargs):
             self.calls.append(("unexpected", method, (args, kwargs)))
             raise AssertionError(f"the step called {method}, which it must never need")
+
         return unexpected
 
     def _check(self, group, version, plural):
@@ -90,8 +99,10 @@ class FakeKubernetesApi:  # no Kubernetes API server or KServe exists here
         jsonschema.validate(obj, SCHEMA)
         self.revision += 1
         name = obj["metadata"]["name"]
-        obj["status"] = {"conditions": [{"type": "Ready", "status": "True" if self.ready else "False"}],
-                         "components": {"predictor": {"latestCreatedRevision": f"{name}-predictor-{self.revision:05d}"}}}
+        obj["status"] = {
+            "conditions": [{"type": "Ready", "status": "True" if self.ready else "False"}],
+            "components": {"predictor": {"latestCreatedRevision": f"{name}-predictor-{self.revision:05d}"}},
+        }
         self.objects[name] = obj
 
 
@@ -106,8 +117,10 @@ class FakePrometheus:  # no Prometheus exists here: answers /api/v1/query like P
         query = urllib.parse.parse_qs(urllib.parse.urlsplit(url).query)["query"][0]
         self.queries.append(query)
         value = self.values[0] if "revision_request_count" in query else self.values[1]
-        body = {"status": "success", "data": {"resultType": "vector", "result": [{"metric": {},
-                                                                                  "value": [0, str(value)]}]}}
+        body = {
+            "status": "success",
+            "data": {"resultType": "vector", "result": [{"metric": {}, "value": [0, str(value)]}]},
+        }
         return io.BytesIO(json.dumps(body).encode())
 
 
@@ -140,15 +153,20 @@ class LiveTraffic:
     def __call__(self, seconds):
         self.sleeps.append(seconds)
         version = self.api.objects["digits"]["metadata"]["annotations"]["ctp.dev/version"]
-        images = self.images[150 * len(self.sleeps):150 * (len(self.sleeps) + 1)]
+        images = self.images[150 * len(self.sleeps) : 150 * (len(self.sleeps) + 1)]
         probs = onnx_probabilities(self.model_dir / ONNX_FILE, images)
         image_array, field = images_to_array(images)
         table = pa.Table.from_arrays(
-            [pa.array([f"req-{i}" for i in range(len(images))]), image_array,
-             pa.array(probs.tolist(), pa.list_(pa.float32()))],
-            schema=pa.schema([pa.field(ID, pa.string()), field, pa.field("probs", pa.list_(pa.float32()))]))
-        self.store.put_bytes(f"predictions/digits/version={version}/part-{len(self.sleeps)}.parquet",
-                             parquet_bytes(table))
+            [
+                pa.array([f"req-{i}" for i in range(len(images))]),
+                image_array,
+                pa.array(probs.tolist(), pa.list_(pa.float32())),
+            ],
+            schema=pa.schema([pa.field(ID, pa.string()), field, pa.field("probs", pa.list_(pa.float32()))]),
+        )
+        self.store.put_bytes(
+            f"predictions/digits/version={version}/part-{len(self.sleeps)}.parquet", parquet_bytes(table)
+        )
 
 
 def rollout_for(api, store, model_dir, config=CONFIG, **kwargs):
@@ -161,8 +179,9 @@ def test_objects_match_the_inferenceservice_schema():
     assert uri == "s3://ctp/ctp/models/digits/versions/v1/"
     isvc = inference_service(CONFIG, uri, "v1")
     jsonschema.validate(isvc, SCHEMA)
-    assert isvc["spec"] == {"predictor": {"serviceAccountName": "ctp-kserve",
-                                          "model": {"modelFormat": {"name": "onnx"}, "storageUri": uri}}}
+    assert isvc["spec"] == {
+        "predictor": {"serviceAccountName": "ctp-kserve", "model": {"modelFormat": {"name": "onnx"}, "storageUri": uri}}
+    }
     with pytest.raises(jsonschema.ValidationError):  # the schema really rejects a misspelt field
         jsonschema.validate(merge_patch(isvc, {"spec": {"predictor": {"canaryTraficPercent": 10}}}), SCHEMA)
     with pytest.raises(ConfigError):
@@ -194,8 +213,7 @@ def test_first_model_creates_the_inferenceservice_and_becomes_champion(s3_store,
     api = FakeKubernetesApi()
     record = first_deploy(api, s3_store, models)
     uri = f"{s3_store.uri}/models/digits/versions/{record['version']}/"
-    assert [(verb, name) for verb, name, _ in api.calls] == [("get", "digits"), ("create", "digits"),
-                                                             ("get", "digits")]
+    assert [(verb, name) for verb, name, _ in api.calls] == [("get", "digits"), ("create", "digits"), ("get", "digits")]
     assert api.calls[1][2] == inference_service(CONFIG, uri, record["version"])
     assert record["decision"] == "promote" and record["target"] == "kserve"
     assert Registry(s3_store, "digits").alias(CHAMPION).version == record["version"]
@@ -211,10 +229,17 @@ def test_good_canary_is_watched_for_every_interval_then_promoted(s3_store, model
     uri = f"{s3_store.uri}/models/digits/versions/{second['version']}/"
     assert api.calls == [
         ("get", "digits", None),
-        ("patch", "digits", {"metadata": {"annotations": {"ctp.dev/version": second["version"]}},
-                             "spec": {"predictor": {"canaryTrafficPercent": 10, "model": {"storageUri": uri}}}}),
+        (
+            "patch",
+            "digits",
+            {
+                "metadata": {"annotations": {"ctp.dev/version": second["version"]}},
+                "spec": {"predictor": {"canaryTrafficPercent": 10, "model": {"storageUri": uri}}},
+            },
+        ),
         ("get", "digits", None),
-        ("patch", "digits", {"spec": {"predictor": {"canaryTrafficPercent": None}}})]
+        ("patch", "digits", {"spec": {"predictor": {"canaryTrafficPercent": None}}}),
+    ]
     assert traffic.sleeps == [60, 60, 60]
     intervals = second["analysis"]["intervals"]
     assert [i["n"] for i in intervals] == [150, 150, 150] and all(i["agreement"] == 1.0 for i in intervals)
@@ -232,8 +257,9 @@ def test_failed_canary_rolls_back_traffic_and_aliases(s3_store, models):
     aliases_before = registry.aliases()
     api.calls.clear()
     rollout, traffic = rollout_for(api, s3_store, models / "untrained")
-    bad = deploy(s3_store, models / "untrained", card(models / "untrained", first["version"], "r2"),
-                 DeployConfig(), rollout)
+    bad = deploy(
+        s3_store, models / "untrained", card(models / "untrained", first["version"], "r2"), DeployConfig(), rollout
+    )
     assert [(verb, body) for verb, _, body in api.calls][-1] == ("patch", ROLLBACK_PATCH)
     assert [verb for verb, _, _ in api.calls] == ["get", "patch", "get", "patch"]
     assert traffic.sleeps == [60]  # stopped at the first failing interval
@@ -241,8 +267,9 @@ def test_failed_canary_rolls_back_traffic_and_aliases(s3_store, models):
     assert api.objects["digits"]["spec"]["predictor"]["canaryTrafficPercent"] == 0  # all traffic to the champion
     assert registry.alias(CHAMPION).version == first["version"]
     assert registry.alias(CANARY).version is None
-    assert {k: v for k, v in registry.aliases().items() if k != CANARY} == \
-        {k: v for k, v in aliases_before.items() if k != CANARY}
+    assert {k: v for k, v in registry.aliases().items() if k != CANARY} == {
+        k: v for k, v in aliases_before.items() if k != CANARY
+    }
     audit = [(e["alias"], e["version"]) for e in registry.audit_log()]
     assert audit[-2:] == [(CANARY, bad["version"]), (CANARY, None)]
     assert s3_store.get_json("runs/r2/decision.json")["analysis"]["intervals"][0]["agreement"] < 0.7
@@ -252,8 +279,13 @@ def test_prometheus_error_rate_rolls_back_a_canary_that_agrees(s3_store, models)
     api = FakeKubernetesApi()
     first = first_deploy(api, s3_store, models)
     prometheus = FakePrometheus(error_rate=0.2, p99_seconds=0.05)
-    config = KServeConfig(name="digits", namespace="ml", intervals=2,
-                          interval_seconds=30, prometheus_url="http://prometheus.monitoring:9090")
+    config = KServeConfig(
+        name="digits",
+        namespace="ml",
+        intervals=2,
+        interval_seconds=30,
+        prometheus_url="http://prometheus.monitoring:9090",
+    )
     rollout, _ = rollout_for(api, s3_store, models / "good", config, opener=prometheus)
     record = deploy(s3_store, models / "good", card(models / "good", first["version"], "r2"), DeployConfig(), rollout)
     interval = record["analysis"]["intervals"][0]

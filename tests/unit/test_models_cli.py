@@ -8,7 +8,7 @@ from click.testing import CliRunner
 from components._shared.errors import CtpError
 from components._shared.registry import CHAMPION, PREVIOUS, Registry
 from components._shared.store import LocalStore
-from pipelines.models_cli import models
+from pipelines.cli.models import models
 
 
 @pytest.fixture
@@ -17,10 +17,17 @@ def registry(tmp_path):
     for i, version in enumerate(("v1", "v2", "v3")):
         blob = tmp_path / f"{version}.onnx"
         blob.write_bytes(version.encode())
-        registry.publish(version, {"model.onnx": blob},
-                         {"metrics": {"accuracy": 0.9 + i / 100, "macro_f1": 0.8 + i / 100}, "trigger": "manual",
-                          "parent_version": None, "data": {"fingerprint": "f" * 32, "batches": ["0000"]},
-                          "gate": {"decision": "pass", "reason": "ok"}})
+        registry.publish(
+            version,
+            {"model.onnx": blob},
+            {
+                "metrics": {"accuracy": 0.9 + i / 100, "macro_f1": 0.8 + i / 100},
+                "trigger": "manual",
+                "parent_version": None,
+                "data": {"fingerprint": "f" * 32, "batches": ["0000"]},
+                "gate": {"decision": "pass", "reason": "ok"},
+            },
+        )
     registry.promote("v1", None, run_id="r1", reason="first")
     registry.promote("v2", registry.alias(CHAMPION), run_id="r2", reason="better")
     return registry
@@ -56,7 +63,9 @@ def test_promote_moves_champion_and_previous_and_audits(registry):
     assert registry.alias(CHAMPION).version == "v3" and registry.alias(PREVIOUS).version == "v2"
     last = registry.audit_log()[-2:]
     assert [(e["alias"], e["from"], e["version"], e["won"]) for e in last] == [
-        ("champion", "v2", "v3", True), ("previous", "v1", "v2", True)]
+        ("champion", "v2", "v3", True),
+        ("previous", "v1", "v2", True),
+    ]
     assert last[0]["reason"] == "hand-picked" and last[0]["run_id"] == "ctp-cli"
 
 

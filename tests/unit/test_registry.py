@@ -19,8 +19,9 @@ def _files(tmp_path: Path, tag: str) -> dict[str, Path]:
     out = tmp_path / f"files-{tag}"
     out.mkdir(parents=True, exist_ok=True)
     files = {"model.safetensors": out / "model.safetensors", "model.onnx": out / "model.onnx"}
-    files["model.safetensors"].write_bytes(safetensors_bytes({"w": np.frombuffer(f"weights of {tag}".encode() * 64,
-                                                                               np.uint8)}))
+    files["model.safetensors"].write_bytes(
+        safetensors_bytes({"w": np.frombuffer(f"weights of {tag}".encode() * 64, np.uint8)})
+    )
     files["model.onnx"].write_bytes(f"onnx graph of {tag}".encode() * 32)
     return files
 
@@ -68,8 +69,7 @@ def test_publish_is_card_last(registry: Registry, store: Store, tmp_path: Path):
         registry.card("v1")
 
 
-def test_publish_same_version_twice_is_refused_and_first_card_intact(registry: Registry, store: Store,
-                                                                    tmp_path: Path):
+def test_publish_same_version_twice_is_refused_and_first_card_intact(registry: Registry, store: Store, tmp_path: Path):
     first = _publish(registry, tmp_path, "v1", run_id="first")
     card_key = "models/digits/versions/v1/card.json"
     card_bytes, card_etag = store.get_with_etag(card_key)
@@ -277,8 +277,12 @@ def test_audit_log_records_every_attempt(registry: Registry, tmp_path: Path):
 
     log = registry.audit_log()
     champion_moves = [(e["run_id"], e["from"], e["version"], e["won"]) for e in log if e["alias"] == CHAMPION]
-    assert champion_moves == [("r1", None, "v1", True), ("r2", "v1", "v2", True),
-                              ("r3", "v1", "v3", False), ("r4", "v2", "v1", True)]
+    assert champion_moves == [
+        ("r1", None, "v1", True),
+        ("r2", "v1", "v2", True),
+        ("r3", "v1", "v3", False),
+        ("r4", "v2", "v1", True),
+    ]
     previous_moves = [(e["run_id"], e["version"], e["won"]) for e in log if e["alias"] == PREVIOUS]
     assert previous_moves == [("r2", "v1", True), ("r4", "v2", True)]
     for entry in log:

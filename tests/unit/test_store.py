@@ -138,8 +138,14 @@ def test_cas_chain_only_latest_etag_wins(store: Store):
 
 
 def test_list_list_dirs_exists_delete(store: Store):
-    keys = ["models/m/versions/v1/card.json", "models/m/versions/v1/w.bin", "models/m/versions/v2/w.bin",
-            "models/m/aliases/champion.json", "models/mm/versions/x/card.json", "top.json"]
+    keys = [
+        "models/m/versions/v1/card.json",
+        "models/m/versions/v1/w.bin",
+        "models/m/versions/v2/w.bin",
+        "models/m/aliases/champion.json",
+        "models/mm/versions/x/card.json",
+        "top.json",
+    ]
     for key in keys:
         store.put_bytes(key, key.encode())
     assert store.list("models/m/") == sorted(k for k in keys if k.startswith("models/m/"))
@@ -232,8 +238,16 @@ def test_check_key_rejects(key):
     assert info.value.code == "STORE_KEY_INVALID"
 
 
-@pytest.mark.parametrize("key", ["a", "datasets/digits/batch=0001/part-0.parquet", "models/m/versions/20240101T000000Z-abc123/card.json",
-                                 "a/" + "z" * 255, "x.y/a,b:c@d+e=f_g-h"])
+@pytest.mark.parametrize(
+    "key",
+    [
+        "a",
+        "datasets/digits/batch=0001/part-0.parquet",
+        "models/m/versions/20240101T000000Z-abc123/card.json",
+        "a/" + "z" * 255,
+        "x.y/a,b:c@d+e=f_g-h",
+    ],
+)
 def test_check_key_accepts(key):
     assert check_key(key) == key
 
@@ -305,8 +319,7 @@ class _CountingListener:
 def test_unsafe_keys_rejected_before_any_s3_request(tmp_path: Path):
     listener = _CountingListener()
     try:
-        store = S3Store("ctp-test", "p", S3Settings(f"127.0.0.1:{listener.port}", "k", "s", False),
-                        create_bucket=False)
+        store = S3Store("ctp-test", "p", S3Settings(f"127.0.0.1:{listener.port}", "k", "s", False), create_bucket=False)
         for key in BAD_KEYS:
             for op in _every_keyed_operation(store, key, tmp_path):
                 with pytest.raises(StoreKeyError):
@@ -362,8 +375,13 @@ def test_key_that_is_both_object_and_folder_is_a_typed_error_or_works(store: Sto
 
 
 def test_parquet_through_arrow_filesystem(store: Store):
-    table = pa.table({"id": [f"x-{i}" for i in range(50)], "label": pa.array(range(50), pa.int64()),
-                      "image": pa.array([bytes([i % 256]) * 64 for i in range(50)], pa.binary())})
+    table = pa.table(
+        {
+            "id": [f"x-{i}" for i in range(50)],
+            "label": pa.array(range(50), pa.int64()),
+            "image": pa.array([bytes([i % 256]) * 64 for i in range(50)], pa.binary()),
+        }
+    )
     fs = store.arrow_filesystem()
     key = "datasets/digits/batch=0001/part-0.parquet"
     with fs.open_output_stream(key) as sink:
@@ -444,8 +462,12 @@ def test_open_store_local_directory(tmp_path: Path):
 
 
 def test_open_store_s3_through_env_round_trip(s3_server):
-    env = {"MINIO_ENDPOINT": f"http://{s3_server.endpoint}", "MINIO_ACCESS_KEY": s3_server.access_key,
-           "MINIO_SECRET_KEY": s3_server.secret_key, "MINIO_SECURE": "false"}
+    env = {
+        "MINIO_ENDPOINT": f"http://{s3_server.endpoint}",
+        "MINIO_ACCESS_KEY": s3_server.access_key,
+        "MINIO_SECRET_KEY": s3_server.secret_key,
+        "MINIO_SECURE": "false",
+    }
     prefix = f"open-{uuid.uuid4().hex[:8]}"
     store = open_store(f"s3://ctp-open/{prefix}", env=env)
     assert isinstance(store, S3Store)
@@ -471,6 +493,7 @@ def test_s3_settings_scheme_sets_tls():
 
 
 # --- the local store's ETag cache (.etags/): unchanged files are not read again -------------------
+
 
 def _counting_hashes(monkeypatch, store) -> list[str]:
     read = []

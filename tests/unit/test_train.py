@@ -2,16 +2,17 @@ import json
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 import pytest
 from safetensors.torch import load_file
 
-from components._shared.sampledata import SeedConfig, seed_digits
+from components._shared.model.files import META_FILE, ONNX_FILE, WEIGHTS_FILE
+from components._shared.model.network import build_model
+from components._shared.model.serving import onnx_probabilities
 from components._shared.snapshot import load_split
-from components.evaluate.core import onnx_probabilities
-from components.ingest.core import IngestConfig, ingest
-from components.train.core import META_FILE, ONNX_FILE, WEIGHTS_FILE, TrainConfig, build_model
-from components.train.ddp import launch
+from components.ingest.config import IngestConfig
+from components.ingest.core import ingest
+from components.train.config import TrainConfig
+from components.train.torchrun import launch
 from tests.helpers import digits_table, train_in_process, write_batch
 
 
@@ -22,7 +23,9 @@ def accuracy(model_dir: Path, split) -> float:
 @pytest.mark.slow
 def test_two_process_gloo_ddp_run_trains_and_exports(seeded_store, tmp_path):
     fingerprint = ingest(seeded_store, IngestConfig()).fingerprint
-    config = TrainConfig(store_uri=seeded_store.uri, fingerprint=fingerprint, out_dir=str(tmp_path / "out"), epochs=3)
+    config = TrainConfig(
+        store_uri=seeded_store.uri, fingerprint=fingerprint, out_dir=str(tmp_path / "out"), epochs=3, checkpoint_every=0
+    )
     config.save(tmp_path / "cfg.json")
     launch(tmp_path / "cfg.json", nproc_per_node=2)
     meta = json.loads((tmp_path / "out" / META_FILE).read_text())
@@ -35,8 +38,9 @@ def test_two_process_gloo_ddp_run_trains_and_exports(seeded_store, tmp_path):
 def test_failed_worker_fails_the_launch_with_a_clear_error(tmp_path):
     from components._shared.errors import CtpError
 
-    TrainConfig(store_uri=str(tmp_path / "nowhere"), fingerprint="missing", out_dir=str(tmp_path / "o")).save(
-        tmp_path / "cfg.json")
+    TrainConfig(
+        store_uri=str(tmp_path / "nowhere"), fingerprint="missing", out_dir=str(tmp_path / "o"), checkpoint_every=0
+    ).save(tmp_path / "cfg.json")
     with pytest.raises(CtpError) as err:
         launch(tmp_path / "cfg.json", nproc_per_node=1)
     assert err.value.code == "TRAIN_FAILED"
@@ -55,9 +59,15 @@ def test_warm_start_beats_scratch_after_one_epoch(seeded_store, tmp_path):
     fingerprint = ingest(seeded_store, IngestConfig()).fingerprint
     test = load_split(seeded_store, fingerprint, "test")
     train_in_process(seeded_store, fingerprint, tmp_path / "champion", epochs=4)
-    warm = train_in_process(seeded_store, fingerprint, tmp_path / "warm", epochs=1, seed=1,
-                            init_weights=str(tmp_path / "champion" / WEIGHTS_FILE),
-                            init_meta=str(tmp_path / "champion" / META_FILE))
+    warm = train_in_process(
+        seeded_store,
+        fingerprint,
+        tmp_path / "warm",
+        epochs=1,
+        seed=1,
+        init_weights=str(tmp_path / "champion" / WEIGHTS_FILE),
+        init_meta=str(tmp_path / "champion" / META_FILE),
+    )
     train_in_process(seeded_store, fingerprint, tmp_path / "scratch", epochs=1, seed=1, init="scratch")
     assert warm["init"]["applied"] == "warm"
     assert accuracy(tmp_path / "warm", test) > accuracy(tmp_path / "scratch", test)
@@ -73,9 +83,14 @@ def test_new_class_grows_the_head_and_keeps_old_classes(local_store, tmp_path):
     train_in_process(local_store, first, tmp_path / "champion", epochs=5)
     write_batch(local_store, digits_table(1797).take(np.flatnonzero(labels >= 8)), "0001")
     second = ingest(local_store, IngestConfig()).fingerprint
-    meta = train_in_process(local_store, second, tmp_path / "grown", epochs=2,
-                            init_weights=str(tmp_path / "champion" / WEIGHTS_FILE),
-                            init_meta=str(tmp_path / "champion" / META_FILE))
+    meta = train_in_process(
+        local_store,
+        second,
+        tmp_path / "grown",
+        epochs=2,
+        init_weights=str(tmp_path / "champion" / WEIGHTS_FILE),
+        init_meta=str(tmp_path / "champion" / META_FILE),
+    )
     assert meta["init"] == {"policy": "auto", "applied": "warm", "grown_classes": 2}
     assert meta["num_classes"] == 10
     test = load_split(local_store, second, "test")

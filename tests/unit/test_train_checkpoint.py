@@ -8,10 +8,12 @@ import torch
 from safetensors.torch import load_file
 
 from components._shared.errors import ConfigError
+from components._shared.model.files import WEIGHTS_FILE
+from components._shared.model.network import SmallCNN
 from components._shared.store import LocalStore
-from components.ingest.core import IngestConfig, ingest
+from components.ingest.config import IngestConfig
+from components.ingest.core import ingest
 from components.train import checkpoint
-from components.train.core import WEIGHTS_FILE, SmallCNN
 from tests.helpers import train_in_process
 
 
@@ -26,8 +28,7 @@ def test_optimizer_and_rng_state_round_trip_without_pickles(local_store):
     optimizer.step()
     tensors, rest = checkpoint.optimizer_to_parts(optimizer.state_dict())
     rng_before = torch.get_rng_state()
-    checkpoint.save(local_store, "r1", 7, {"optimizer": tensors, "rng": checkpoint.rng_tensors()},
-                    {"optimizer": rest})
+    checkpoint.save(local_store, "r1", 7, {"optimizer": tensors, "rng": checkpoint.rng_tensors()}, {"optimizer": rest})
     torch.rand(100)  # move the RNG on
     groups, state = checkpoint.load(local_store, "r1", 7)
     checkpoint.restore_rng(groups["rng"])
@@ -60,8 +61,7 @@ def test_prune_keeps_the_newest_complete_checkpoints_and_drops_older_leftovers(l
     assert local_store.list_dirs("checkpoints/r1") == ["step-4", "step-5", "step-6"]
 
 
-def test_crash_between_blobs_and_manifest_resumes_from_the_previous_checkpoint(seeded_store, tmp_path,
-                                                                               monkeypatch):
+def test_crash_between_blobs_and_manifest_resumes_from_the_previous_checkpoint(seeded_store, tmp_path, monkeypatch):
     fingerprint = ingest(seeded_store, IngestConfig()).fingerprint
     settings = {"epochs": 2, "checkpoint_every": 10, "keep_checkpoints": 0}
     original_put_json = LocalStore.put_json
@@ -90,15 +90,21 @@ def test_crash_between_blobs_and_manifest_resumes_from_the_previous_checkpoint(s
 
 def test_a_checkpoint_of_a_different_training_is_refused(seeded_store, tmp_path):
     fingerprint = ingest(seeded_store, IngestConfig()).fingerprint
-    identity = {"fingerprint": "someone-else", "batch_size": 64, "lr": 0.002, "seed": 0, "init": "auto",
-                "world_size": 1}
+    identity = {
+        "fingerprint": "someone-else",
+        "batch_size": 64,
+        "lr": 0.002,
+        "seed": 0,
+        "init": "auto",
+        "world_size": 1,
+    }
     checkpoint.save(seeded_store, "taken", 10, {"model": {}}, {"identity": identity})
     with pytest.raises(ConfigError, match="different training"):
         train_in_process(seeded_store, fingerprint, tmp_path / "x", run_id="taken", checkpoint_every=10)
 
 
 def test_checkpointing_needs_a_run_id():
-    from components.train.core import TrainConfig
+    from components.train.config import TrainConfig
 
     with pytest.raises(ConfigError):
         TrainConfig(store_uri="s", fingerprint="f", out_dir="o", checkpoint_every=5)

@@ -8,10 +8,12 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from components._shared.model.network import build_model
 from components._shared.snapshot import Split
-from components.ingest.core import IngestConfig, ingest
-from components.train.core import (PERTURB, SHRINK, TrainConfig, build_model, carve_validation, initial_weights,
-                                   shrink_perturb)
+from components.ingest.config import IngestConfig
+from components.ingest.core import ingest
+from components.train.config import TrainConfig
+from components.train.core import PERTURB, SHRINK, carve_validation, initial_weights, shrink_perturb
 from tests.helpers import train_in_process
 
 
@@ -31,12 +33,17 @@ def test_warm_start_with_shrink_perturb_is_recorded_for_the_card(tmp_path):
     champion = build_model("small_cnn", [8, 8, 1], 10)
     save_file(champion.state_dict(), str(tmp_path / "w.safetensors"))
     (tmp_path / "meta.json").write_text(json.dumps({"arch": "small_cnn", "image_shape": [8, 8, 1]}))
-    config = TrainConfig(store_uri="s", fingerprint="f", out_dir="o", shrink_perturb=True)
+    config = TrainConfig(store_uri="s", fingerprint="f", out_dir="o", shrink_perturb=True, checkpoint_every=0)
     model = build_model("small_cnn", [8, 8, 1], 10)
-    applied = initial_weights(model, config, "small_cnn", [8, 8, 1], str(tmp_path / "w.safetensors"),
-                              str(tmp_path / "meta.json"))
-    assert applied == {"policy": "auto", "applied": "warm", "grown_classes": 0,
-                       "shrink_perturb": {"shrink": SHRINK, "perturb": PERTURB}}
+    applied = initial_weights(
+        model, config, "small_cnn", [8, 8, 1], str(tmp_path / "w.safetensors"), str(tmp_path / "meta.json")
+    )
+    assert applied == {
+        "policy": "auto",
+        "applied": "warm",
+        "grown_classes": 0,
+        "shrink_perturb": {"shrink": SHRINK, "perturb": PERTURB},
+    }
     weight = model.classifier.weight
     assert not torch.allclose(weight, champion.classifier.weight)
     assert weight.norm() < champion.classifier.weight.norm()
@@ -71,8 +78,17 @@ def test_multi_node_without_a_cluster_fails_with_one_clear_line(seeded_store, tm
     monkeypatch.setenv("KUBECONFIG", str(tmp_path / "no-kubeconfig"))
     monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
     with pytest.raises(TrainJobError) as err:
-        train_from_champion(seeded_store, seeded_store.uri, "digits", "f", str(tmp_path / "out"), run_id="r1",
-                            nproc_per_node=1, num_nodes=2, cluster={"namespace": "ml"})
+        train_from_champion(
+            seeded_store,
+            seeded_store.uri,
+            "digits",
+            "f",
+            str(tmp_path / "out"),
+            run_id="r1",
+            nproc_per_node=1,
+            num_nodes=2,
+            cluster={"namespace": "ml"},
+        )
     assert err.value.code == "NO_CLUSTER" and "num_nodes=1" in err.value.hint
     assert seeded_store.get_json("runs/r1/train/config.json")["output_prefix"] == "runs/r1/train/output/"
 
@@ -93,22 +109,25 @@ def test_distillation_is_kl_to_the_teacher_on_the_rows_it_gets_right_only():
     assert distillation_loss(student, teacher, (teacher.argmax(1) + 1) % 4, 2.0).item() == 0.0  # all wrong
 
 
-@pytest.mark.parametrize("settings", [{"distill": -0.1}, {"distill_temperature": 0.0},
-                                      {"distill": 0.1, "shrink_perturb": True}])
+@pytest.mark.parametrize(
+    "settings", [{"distill": -0.1}, {"distill_temperature": 0.0}, {"distill": 0.1, "shrink_perturb": True}]
+)
 def test_distill_settings_are_checked(settings):
     from components._shared.errors import ConfigError
 
     with pytest.raises(ConfigError):
-        TrainConfig(store_uri="s", fingerprint="f", out_dir="o", **settings)
+        TrainConfig(store_uri="s", fingerprint="f", out_dir="o", checkpoint_every=0, **settings)
 
 
 def test_distillation_applies_to_warm_starts_and_is_recorded(seeded_store, tmp_path):
-    from components.train.core import META_FILE, WEIGHTS_FILE
+    from components._shared.model.files import META_FILE, WEIGHTS_FILE
 
     fingerprint = ingest(seeded_store, IngestConfig()).fingerprint
     train_in_process(seeded_store, fingerprint, tmp_path / "champion", epochs=1)
-    warm = {"init_weights": str(tmp_path / "champion" / WEIGHTS_FILE),
-            "init_meta": str(tmp_path / "champion" / META_FILE)}
+    warm = {
+        "init_weights": str(tmp_path / "champion" / WEIGHTS_FILE),
+        "init_meta": str(tmp_path / "champion" / META_FILE),
+    }
     distilled = train_in_process(seeded_store, fingerprint, tmp_path / "warm", epochs=1, distill=0.5, **warm)
     plain = train_in_process(seeded_store, fingerprint, tmp_path / "plain", epochs=1, **warm)
     scratch = train_in_process(seeded_store, fingerprint, tmp_path / "scratch", epochs=1, distill=0.5, init="scratch")

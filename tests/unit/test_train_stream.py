@@ -12,7 +12,8 @@ from torch.utils.data import DataLoader
 from components._shared.dataset import ID, LABEL, images_to_array, stable_bucket
 from components._shared.errors import IntegrityError
 from components._shared.snapshot import SplitFile, load_split, split_key, verify_split
-from components.ingest.core import IngestConfig, ingest
+from components.ingest.config import IngestConfig
+from components.ingest.core import ingest
 from components.train import stream as stream_module
 from components.train.stream import TrainStream
 from tests.helpers import train_in_process, write_batch
@@ -29,7 +30,8 @@ def numbered_snapshot(store, batches: int = 4, rows: int = 150, side: int = 8) -
         image_array, field = images_to_array(images)
         table = pa.Table.from_arrays(
             [pa.array([f"row-{n}" for n in numbers]), image_array, pa.array(numbers % 10, pa.int64())],
-            schema=pa.schema([pa.field(ID, pa.string()), field, pa.field(LABEL, pa.int64())]))
+            schema=pa.schema([pa.field(ID, pa.string()), field, pa.field(LABEL, pa.int64())]),
+        )
         write_batch(store, table, f"{batch:04d}")
     return ingest(store, IngestConfig()).fingerprint
 
@@ -48,8 +50,10 @@ def streamed(stream: TrainStream, worker: int = 0, workers: int = 1) -> list[int
 
 
 def ranks(store, fingerprint, **settings) -> list[TrainStream]:
-    return [TrainStream(store, fingerprint, world_size=WORLD, rank=r, **{"batch_size": 16, "shuffle_rows": 64,
-                                                                          **settings}) for r in range(WORLD)]
+    return [
+        TrainStream(store, fingerprint, world_size=WORLD, rank=r, **{"batch_size": 16, "shuffle_rows": 64, **settings})
+        for r in range(WORLD)
+    ]
 
 
 def carved(split, fraction: float) -> set[int]:
@@ -128,7 +132,8 @@ def test_reference_sample_is_seeded_uniform_and_holds_no_validation_rows(local_s
     split = load_split(local_store, fingerprint, "train")
     stream = ranks(local_store, fingerprint, val_fraction=0.2)[0]
     assert sorted(numbers(stream.sample_images(10**6, seed=0))) == sorted(
-        set(numbers(split.images)) - carved(split, 0.2))
+        set(numbers(split.images)) - carved(split, 0.2)
+    )
     sample = numbers(stream.sample_images(50, seed=4))
     assert len(set(sample)) == 50 and sample == numbers(stream.sample_images(50, seed=4))
     assert sample != numbers(stream.sample_images(50, seed=5))
@@ -162,13 +167,14 @@ def test_training_on_a_corrupt_split_stops_before_the_first_step(local_store, tm
 @pytest.mark.slow
 def test_every_rank_of_a_ddp_run_stops_on_a_corrupt_split(local_store, tmp_path, capfd):
     from components._shared.errors import CtpError
-    from components.train.core import TrainConfig
-    from components.train.ddp import launch
+    from components.train.config import TrainConfig
+    from components.train.torchrun import launch
 
     fingerprint = numbered_snapshot(local_store, batches=2, rows=50)
     flip_a_byte(local_store, fingerprint)
-    TrainConfig(store_uri=local_store.uri, fingerprint=fingerprint, out_dir=str(tmp_path / "out")).save(
-        tmp_path / "cfg.json")
+    TrainConfig(
+        store_uri=local_store.uri, fingerprint=fingerprint, out_dir=str(tmp_path / "out"), checkpoint_every=0
+    ).save(tmp_path / "cfg.json")
     with pytest.raises(CtpError) as err:
         launch(tmp_path / "cfg.json", nproc_per_node=2)
     assert err.value.code == "TRAIN_FAILED"

@@ -6,10 +6,10 @@ import pytest
 from kubeflow_trainer_api.models import TrainerV1alpha1TrainJob
 from kubernetes.client.exceptions import ApiException
 
+from components._shared.cluster import ClusterSettings
 from components._shared.images import TRAINER_IMAGE
 from components.train import trainjob
 from components.train.trainjob import TrainJobError, TrainJobSettings
-from pipelines.gpu import ClusterSettings
 
 T0 = "2026-11-23T18:00:00Z"
 
@@ -19,14 +19,15 @@ def condition(kind: str, reason: str, message: str = "") -> dict:
 
 
 def child(active=0, ready=0, succeeded=0, failed=0) -> dict:
-    return {"name": "node", "active": active, "ready": ready, "succeeded": succeeded, "failed": failed,
-            "suspended": 0}
+    return {"name": "node", "active": active, "ready": ready, "succeeded": succeeded, "failed": failed, "suspended": 0}
 
 
 PENDING = {}
 RUNNING = {"jobsStatus": [child(active=2, ready=2)]}
-COMPLETE = {"conditions": [condition("Complete", "JobsCompleted", "TrainJob completed")],
-            "jobsStatus": [child(succeeded=2)]}
+COMPLETE = {
+    "conditions": [condition("Complete", "JobsCompleted", "TrainJob completed")],
+    "jobsStatus": [child(succeeded=2)],
+}
 FAILED = {"conditions": [condition("Failed", "JobsFailed", "node-0: exit code 1")], "jobsStatus": [child(failed=1)]}
 
 
@@ -66,9 +67,18 @@ class FakeClock:
 def run(api, settings=TrainJobSettings(namespace="ml", timeout_s=100, poll_s=10), log=None):
     clock = FakeClock()
     lines = [] if log is None else log
-    status = trainjob.run(settings, api, run_id="Run-20261123T1800Z_ab", num_nodes=2, nproc_per_node=4,
-                          store_uri="s3://ctp/ctp", config_key="runs/r/train/config.json",
-                          sleep=clock.sleep, clock=clock, log=lines.append)
+    status = trainjob.run(
+        settings,
+        api,
+        run_id="Run-20261123T1800Z_ab",
+        num_nodes=2,
+        nproc_per_node=4,
+        store_uri="s3://ctp/ctp",
+        config_key="runs/r/train/config.json",
+        sleep=clock.sleep,
+        clock=clock,
+        log=lines.append,
+    )
     return status, clock
 
 
@@ -83,8 +93,14 @@ def test_the_trainjob_sent_is_a_valid_torch_distributed_job_with_the_entry_point
     trainer = job.spec.trainer
     assert (trainer.num_nodes, trainer.num_proc_per_node, trainer.image) == (2, 4, TRAINER_IMAGE)
     assert trainer.command[:3] == ["python", "-m", "torch.distributed.run"]
-    assert trainer.command[-6:] == ["-m", "components.train.ddp", "--store", "s3://ctp/ctp", "--config",
-                                    "runs/r/train/config.json"]
+    assert trainer.command[-6:] == [
+        "-m",
+        "components.train.ddp",
+        "--store",
+        "s3://ctp/ctp",
+        "--config",
+        "runs/r/train/config.json",
+    ]
     assert body["spec"]["trainer"]["resourcesPerNode"]["limits"]["nvidia.com/gpu"] == "1"
     env = {e["name"]: e for e in body["spec"]["trainer"]["env"]}
     assert env["MINIO_SECRET_KEY"]["valueFrom"]["secretKeyRef"] == {"name": "ctp-minio", "key": "MINIO_SECRET_KEY"}
@@ -107,8 +123,10 @@ def test_waits_through_pending_and_running_and_logs_each_change():
     assert status == COMPLETE and api.polls == 5 and clock.now == 40
     changes = [line for line in lines if ": " in line and "created" not in line]
     assert [line.split(": ", 1)[1] for line in changes] == [
-        "pending", "node active=2 ready=2 succeeded=0 failed=0",
-        "Complete(JobsCompleted); node active=0 ready=0 succeeded=2 failed=0"]
+        "pending",
+        "node active=2 ready=2 succeeded=0 failed=0",
+        "Complete(JobsCompleted); node active=0 ready=0 succeeded=2 failed=0",
+    ]
     assert api.deleted == []
 
 
@@ -143,26 +161,37 @@ def test_a_rejected_submission_says_what_to_check():
 
 
 def test_cluster_settings_give_each_node_the_gpu_pool_resources():
-    settings = TrainJobSettings(namespace="ml", **ClusterSettings(gpus=8, train_cpu="32", train_memory="256G",
-                                                                  accelerator_type="amd.com/gpu").trainjob())
-    body = trainjob.build(settings, name="n", namespace="ml", num_nodes=4, nproc_per_node=8, store_uri="s3://b",
-                          config_key="k").to_dict()
-    assert body["spec"]["trainer"]["resourcesPerNode"]["limits"] == {"cpu": "32", "memory": "256G",
-                                                                     "amd.com/gpu": "8"}
+    settings = TrainJobSettings(
+        namespace="ml",
+        cluster=ClusterSettings(gpus=8, train_cpu="32", train_memory="256G", accelerator_type="amd.com/gpu"),
+    )
+    body = trainjob.build(
+        settings, name="n", namespace="ml", num_nodes=4, nproc_per_node=8, store_uri="s3://b", config_key="k"
+    ).to_dict()
+    assert body["spec"]["trainer"]["resourcesPerNode"]["limits"] == {"cpu": "32", "memory": "256G", "amd.com/gpu": "8"}
 
 
 def test_invalid_node_counts_are_refused():
     with pytest.raises(TrainJobError):
-        trainjob.build(TrainJobSettings(), name="n", namespace="ml", num_nodes=0, nproc_per_node=1,
-                       store_uri="s3://b", config_key="k")
+        trainjob.build(
+            TrainJobSettings(),
+            name="n",
+            namespace="ml",
+            num_nodes=0,
+            nproc_per_node=1,
+            store_uri="s3://b",
+            config_key="k",
+        )
 
 
 def test_worker_pods_carry_the_network_policy_labels_through_a_runtime_patch():
     api = FakeCustomObjectsApi(statuses=[COMPLETE])
     run(api)
-    (_, body), = api.created
+    ((_, body),) = api.created
     (patch,) = body["spec"]["runtimePatches"]
     (node,) = patch["trainingRuntimeSpec"]["template"]["spec"]["replicatedJobs"]
     assert node["name"] == "node"
     assert node["template"]["spec"]["template"]["metadata"]["labels"] == {
-        "app.kubernetes.io/part-of": "ctp", "app.kubernetes.io/component": "training"}
+        "app.kubernetes.io/part-of": "ctp",
+        "app.kubernetes.io/component": "training",
+    }

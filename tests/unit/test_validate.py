@@ -8,10 +8,13 @@ import pytest
 
 from components._shared.dataset import Finding
 from components._shared.errors import DataValidationError
+from components._shared.model.inputs import pixel_features
 from components._shared.sampledata import SeedConfig, apply_shift, batch_table, load_digits_uint8, seed_digits
-from components.ingest.core import IngestConfig, ingest
+from components.ingest.config import IngestConfig
+from components.ingest.core import ingest
 from components.validate_data import drift
-from components.validate_data.core import ValidateConfig, publish, raise_on_errors, report_markdown, validate
+from components.validate_data.config import ValidateConfig
+from components.validate_data.core import publish, raise_on_errors, report_markdown, validate
 from tests.helpers import train_in_process, write_batch
 from tests.unit.test_data_checks import publish_champion
 
@@ -31,7 +34,7 @@ def _shifted(indices, shift):
 
 def test_same_distribution_is_not_drift(halves):
     images, _ = load_digits_uint8()
-    reference, window = drift.features(images[halves[0]]), drift.features(images[halves[1]])
+    reference, window = pixel_features(images[halves[0]]), pixel_features(images[halves[1]])
     ks = drift.ks_drift(reference, window)
     assert ks["decision"] == "no_drift" and ks["features_drifted"] == 0 and len(ks["p_vals"]) == 64
     assert drift.mmd_drift(reference, window)["decision"] == "no_drift"
@@ -40,7 +43,7 @@ def test_same_distribution_is_not_drift(halves):
 @pytest.mark.parametrize("shift", ["rotation", "noise"])
 def test_shifted_window_is_flagged_by_ks_and_mmd(halves, shift):
     images, _ = load_digits_uint8()
-    reference, window = drift.features(images[halves[0]]), drift.features(_shifted(halves[1], shift)[0])
+    reference, window = pixel_features(images[halves[0]]), pixel_features(_shifted(halves[1], shift)[0])
     ks = drift.ks_drift(reference, window)
     assert ks["decision"] == "drift" and ks["min_p_val"] < ks["threshold"]
     mmd = drift.mmd_drift(reference, window)
@@ -49,7 +52,7 @@ def test_shifted_window_is_flagged_by_ks_and_mmd(halves, shift):
 
 def test_mmd_is_reproducible_with_its_seed(halves):
     images, _ = load_digits_uint8()
-    reference, window = drift.features(images[halves[0]]), drift.features(_shifted(halves[1], "noise")[0])
+    reference, window = pixel_features(images[halves[0]]), pixel_features(_shifted(halves[1], "noise")[0])
     assert drift.mmd_drift(reference, window, seed=3) == drift.mmd_drift(reference, window, seed=3)
 
 
@@ -68,15 +71,18 @@ def test_label_drift_flags_a_prior_shift_only():
 
 def test_too_few_rows_is_insufficient_data_not_drift(halves):
     images, _ = load_digits_uint8()
-    reference, few = drift.features(images[halves[0]]), drift.features(images[halves[1]][:5])
-    for result in (drift.ks_drift(reference, few), drift.mmd_drift(reference, few),
-                   drift.label_drift({0: 500, 1: 400}, {0: 3, 1: 2})):
+    reference, few = pixel_features(images[halves[0]]), pixel_features(images[halves[1]][:5])
+    for result in (
+        drift.ks_drift(reference, few),
+        drift.mmd_drift(reference, few),
+        drift.label_drift({0: 500, 1: 400}, {0: 3, 1: 2}),
+    ):
         assert result["decision"] == "insufficient_data" and result["is_drift"] is False
 
 
 def test_features_of_large_rgb_images_are_pooled_to_64():
     images = np.random.default_rng(0).integers(0, 255, (4, 32, 48, 3), dtype=np.uint8)
-    assert drift.features(images).shape == (4, 64)
+    assert pixel_features(images).shape == (4, 64)
 
 
 @pytest.fixture(scope="module")
@@ -108,9 +114,14 @@ def test_validate_reports_drift_of_the_new_batches_with_evidence(rotated_run):
 
 def test_markdown_names_every_finding_and_the_drift_tests(rotated_run):
     _, _, result = rotated_run
-    report = {**result.report, "status": "fail", "findings": [
-        dataclasses.asdict(Finding("LABEL_NAN", "error", "0003", "2 label(s) are NaN or Inf", 2, ["x-1", "x|2"])),
-        dataclasses.asdict(Finding("DUPLICATE_ID", "warning", "0002", "1 example id(s) appeared before", 1, ["a"]))]}
+    report = {
+        **result.report,
+        "status": "fail",
+        "findings": [
+            dataclasses.asdict(Finding("LABEL_NAN", "error", "0003", "2 label(s) are NaN or Inf", 2, ["x-1", "x|2"])),
+            dataclasses.asdict(Finding("DUPLICATE_ID", "warning", "0002", "1 example id(s) appeared before", 1, ["a"])),
+        ],
+    }
     text = report_markdown(report)
     assert text.startswith("# Data validation: FAIL")
     assert "| LABEL_NAN | error | 0003 | 2 | x-1, x\\|2 | 2 label(s) are NaN or Inf |" in text
@@ -120,9 +131,11 @@ def test_markdown_names_every_finding_and_the_drift_tests(rotated_run):
 
 
 def test_errors_raise_one_line_naming_every_batch():
-    findings = [Finding("LABEL_NEW_CLASS", "error", "0007", "label(s) [11] are not among the champion's classes"),
-                Finding("DUPLICATE_ID", "warning", "0007", "1 example id(s) appeared before"),
-                Finding("ROW_COUNT", "error", "*", "5 training rows; need at least 20")]
+    findings = [
+        Finding("LABEL_NEW_CLASS", "error", "0007", "label(s) [11] are not among the champion's classes"),
+        Finding("DUPLICATE_ID", "warning", "0007", "1 example id(s) appeared before"),
+        Finding("ROW_COUNT", "error", "*", "5 training rows; need at least 20"),
+    ]
     with pytest.raises(DataValidationError) as err:
         raise_on_errors({"findings": [dataclasses.asdict(f) for f in findings]})
     line = err.value.one_line()
@@ -134,10 +147,10 @@ def test_errors_raise_one_line_naming_every_batch():
 def embedding_champion(tmp_path_factory):
     """A champion trained on half the digits and registered with its weights and its embeddings of
     held-out digits, as deploy publishes it; the other half is unseen data of the same distribution."""
+    from components._shared.model.files import MODEL_FILES
     from components._shared.registry import CHAMPION, Registry
     from components._shared.snapshot import read_manifest
     from components._shared.store import LocalStore
-    from components.deploy_canary.core import MODEL_FILES
 
     root = tmp_path_factory.mktemp("embedding")
     images, labels = load_digits_uint8()
@@ -149,14 +162,18 @@ def embedding_champion(tmp_path_factory):
     train_in_process(store, fingerprint, root / "model", epochs=4)
     manifest = read_manifest(store, fingerprint)
     registry = Registry(store, "digits")
-    registry.publish("champion-1", {name: root / "model" / name for name in MODEL_FILES}, {"data": {
-        "batches": ["0000"], "image_shape": manifest["image_shape"], "classes": manifest["classes"]}})
+    registry.publish(
+        "champion-1",
+        {name: root / "model" / name for name in MODEL_FILES},
+        {"data": {"batches": ["0000"], "image_shape": manifest["image_shape"], "classes": manifest["classes"]}},
+    )
     registry.move_alias(CHAMPION, "champion-1", None, run_id="seed")
     return store, images[unseen], labels[unseen], unseen
 
 
-@pytest.mark.parametrize("shift, strength, expected", [("none", 0, "no_drift"), ("rotation", 1.0, "drift"),
-                                                      ("noise", 2.0, "drift")])
+@pytest.mark.parametrize(
+    "shift, strength, expected", [("none", 0, "no_drift"), ("rotation", 1.0, "drift"), ("noise", 2.0, "drift")]
+)
 def test_drift_is_decided_on_the_champions_embedding(embedding_champion, tmp_path, shift, strength, expected):
     """Unseen digits of the training distribution are not drift (smallest p 0.017 against a
     threshold of 0.0004); rotated digits are. The embedding measures what the model sees: noise
@@ -178,5 +195,10 @@ def test_drift_is_decided_on_the_champions_embedding(embedding_champion, tmp_pat
 
 
 def _report_shell() -> dict:
-    return {"status": "pass", "fingerprint": "f", "champion": "champion-1", "rows": {"train": 1, "test": 1},
-            "findings": []}
+    return {
+        "status": "pass",
+        "fingerprint": "f",
+        "champion": "champion-1",
+        "rows": {"train": 1, "test": 1},
+        "findings": [],
+    }

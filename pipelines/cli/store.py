@@ -7,7 +7,7 @@ import json
 
 import click
 
-from pipelines.options import store_option
+from pipelines.cli.options import json_option, store_option
 
 
 @click.group()
@@ -17,10 +17,14 @@ def store():
 
 @store.command("janitor")
 @store_option()
-@click.option("--older-than", default="24h", show_default=True,
-              help="Only leftovers older than this (s, m, h, d): writers still at work are younger.")
+@click.option(
+    "--older-than",
+    default="24h",
+    show_default=True,
+    help="Only leftovers older than this (s, m, h, d): writers still at work are younger.",
+)
 @click.option("--dry-run", is_flag=True, help="List what would be removed; remove nothing.")
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@json_option()
 def janitor_command(store_uri, older_than, dry_run, as_json):
     """Abort stale incomplete uploads; remove model version dirs without a card and snapshot dirs
     without a manifest (what killed writers leave; readers never see them)."""
@@ -32,9 +36,14 @@ def janitor_command(store_uri, older_than, dry_run, as_json):
         click.echo(json.dumps(dataclasses.asdict(result), indent=2))
         return
     verb = "would remove" if dry_run else "removed"
-    for label, items in (("incomplete upload", result.uploads), ("orphan version", result.versions),
-                         ("orphan snapshot", result.snapshots)):
+    for label, items in (
+        ("incomplete upload", result.uploads),
+        ("orphan version", result.versions),
+        ("orphan snapshot", result.snapshots),
+    ):
         for item in items:
             click.echo(f"{verb} {label} {item}")
-    click.echo(f"{verb} {len(result.uploads)} upload(s), {len(result.versions)} version dir(s), "
-               f"{len(result.snapshots)} snapshot dir(s)")
+    click.echo(
+        f"{verb} {len(result.uploads)} upload(s), {len(result.versions)} version dir(s), "
+        f"{len(result.snapshots)} snapshot dir(s)"
+    )

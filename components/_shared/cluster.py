@@ -1,0 +1,54 @@
+"""Where the steps run on a cluster: GPU node pool, accelerator, resources, store credentials.
+
+Compile-time settings (KFP cannot take accelerators or node selectors as run parameters):
+`ctp compile` exposes each as a flag, the pipeline applies them to its tasks, and the train step
+receives the same object (as a dict across the KFP boundary) for the nodes of a multi-node
+TrainJob. `kfp.local` ignores them; the compiled YAML keeps them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from components._shared.errors import ConfigError
+
+TAINT_EFFECTS = ("NoSchedule", "PreferNoSchedule", "NoExecute")
+
+
+@dataclasses.dataclass(frozen=True)
+class ClusterSettings:
+    accelerator_type: str = "nvidia.com/gpu"
+    gpus: int = 1  # per training pod (per node of a TrainJob); 0 = CPU
+    train_cpu: str = "8"
+    train_memory: str = "32G"
+    step_cpu: str = "2"
+    step_memory: str = "4G"
+    node_selector_key: str = "ctp.dev/node-pool"
+    node_selector_value: str = "gpu"
+    toleration_key: str = "nvidia.com/gpu"
+    toleration_effect: str = "NoSchedule"
+    minio_secret: str = "ctp-minio"  # keys MINIO_ACCESS_KEY, MINIO_SECRET_KEY (never in the YAML)
+    settings_config_map: str = "ctp-settings"  # keys MINIO_ENDPOINT, MINIO_SECURE
+
+    def __post_init__(self):
+        if self.gpus < 0:
+            raise ConfigError(f"gpus={self.gpus}; must be 0 (CPU) or more")
+        if self.toleration_effect not in TAINT_EFFECTS:
+            raise ConfigError(
+                f"toleration effect {self.toleration_effect!r} is not a Kubernetes taint effect",
+                hint=f"use one of {', '.join(TAINT_EFFECTS)}",
+            )
+
+    def to_dict(self) -> dict:
+        """The settings as a KFP parameter (JSON): the train step rebuilds them with from_dict."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> ClusterSettings:
+        unknown = sorted(set(values) - {f.name for f in dataclasses.fields(cls)})
+        if unknown:
+            raise ConfigError(
+                f"unknown cluster setting(s) {', '.join(unknown)}",
+                hint="recompile the pipeline with this version of ctp",
+            )
+        return cls(**values)

@@ -1,0 +1,5 @@
+"""`python -m pipelines.cli` runs `ctp`."""
+
+from pipelines.cli import main
+
+main()

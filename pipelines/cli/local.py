@@ -1,0 +1,128 @@
+"""`ctp run` (the pipeline here, through kfp.local) and `ctp compile` (the KFP YAML for a cluster)."""
+
+from pathlib import Path
+
+import click
+
+from components._shared.cluster import ClusterSettings
+from components._shared.errors import ConfigError
+from components.evaluate.config import EvaluateConfig
+from components.train.config import INIT_POLICIES, TrainConfig
+from pipelines.cli.options import dataset_option, model_option, store_option
+from pipelines.local_run import LOCAL_NPROC_PER_NODE, LOCAL_PIPELINE_ROOT
+from pipelines.run_params import DEFAULT_TRIGGER
+
+
+@click.command("run")
+@store_option()
+@dataset_option()
+@model_option()
+@click.option(
+    "--nproc-per-node", default=LOCAL_NPROC_PER_NODE, show_default=True, help="torchrun processes (gloo on CPU)."
+)
+@click.option("--epochs", default=TrainConfig.epochs, show_default=True)
+@click.option("--batch-size", default=TrainConfig.batch_size, show_default=True, help="Global batch size.")
+@click.option("--lr", default=TrainConfig.lr, show_default=True)
+@click.option(
+    "--init",
+    type=click.Choice(INIT_POLICIES),
+    default=TrainConfig.init,
+    show_default=True,
+    help="auto: warm-start from the champion when compatible.",
+)
+@click.option("--trigger", default=DEFAULT_TRIGGER, show_default=True, help="Recorded in the model card.")
+@click.option(
+    "--min-accuracy", default=EvaluateConfig.min_accuracy, show_default=True, help="Gate for the first model."
+)
+@click.option(
+    "--margin", default=EvaluateConfig.margin, show_default=True, help="Non-inferiority margin vs the champion."
+)
+@click.option("--allow-new-classes", is_flag=True, help="Accept labels the champion has never seen.")
+@click.option("--pipeline-root", default=LOCAL_PIPELINE_ROOT, show_default=True, help="Local KFP artifacts.")
+@click.option(
+    "--param",
+    "params",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Any other pipeline parameter, e.g. --param max_forgetting=0.05 --param patience=3 (repeatable).",
+)
+def run_command(
+    store_uri,
+    dataset,
+    model_name,
+    nproc_per_node,
+    epochs,
+    batch_size,
+    lr,
+    init,
+    trigger,
+    min_accuracy,
+    margin,
+    allow_new_classes,
+    pipeline_root,
+    params,
+):
+    """Run the whole pipeline locally through kfp.local against the store."""
+    from pipelines.local_run import LocalRunOptions, run_locally
+    from pipelines.run_params import parse_params
+
+    chosen = dict(
+        nproc_per_node=nproc_per_node,
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        init=init,
+        min_accuracy=min_accuracy,
+        margin=margin,
+        allow_new_classes=allow_new_classes,
+    )
+    summary = run_locally(
+        LocalRunOptions(
+            store_uri=store_uri,
+            dataset=dataset,
+            model_name=model_name,
+            trigger=trigger,
+            pipeline_root=pipeline_root,
+            params={**chosen, **parse_params(params)},
+        )
+    )
+    click.echo(summary)
+
+
+@click.command("compile")
+@click.option("-o", "--output", default="dist/continuous_training.yaml", show_default=True)
+@click.option("--gpus", default=ClusterSettings.gpus, show_default=True, help="GPUs for the train step (0 = CPU).")
+@click.option("--accelerator-type", default=ClusterSettings.accelerator_type, show_default=True)
+@click.option(
+    "--node-selector",
+    default=f"{ClusterSettings.node_selector_key}={ClusterSettings.node_selector_value}",
+    show_default=True,
+    help="KEY=VALUE label of the GPU node pool.",
+)
+@click.option(
+    "--toleration-key", default=ClusterSettings.toleration_key, show_default=True, help="Taint the GPU pool carries."
+)
+@click.option(
+    "--minio-secret",
+    default=ClusterSettings.minio_secret,
+    show_default=True,
+    help="Secret with MINIO_ACCESS_KEY / MINIO_SECRET_KEY.",
+)
+def compile_command(output, gpus, accelerator_type, node_selector, toleration_key, minio_secret):
+    """Compile the pipeline to KFP IR YAML (for the dashboard, `ctp upload` or CI)."""
+    from pipelines.continuous_training import compile_pipeline
+
+    key, sep, value = node_selector.partition("=")
+    if not sep or not key or not value:
+        raise ConfigError(f"--node-selector {node_selector!r} is not KEY=VALUE", hint="e.g. ctp.dev/node-pool=gpu")
+    settings = ClusterSettings(
+        accelerator_type=accelerator_type,
+        gpus=gpus,
+        node_selector_key=key,
+        node_selector_value=value,
+        toleration_key=toleration_key,
+        minio_secret=minio_secret,
+    )
+    Path(output).parent.mkdir(parents=True, exist_ok=True)
+    compile_pipeline(output, settings)
+    click.echo(f"compiled {output}")
