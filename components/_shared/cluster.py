@@ -27,7 +27,7 @@ class ClusterSettings:
     node_selector_value: str = "gpu"
     toleration_key: str = "nvidia.com/gpu"
     toleration_effect: str = "NoSchedule"
-    minio_secret: str = "ctp-minio"  # keys MINIO_ACCESS_KEY, MINIO_SECRET_KEY (never in the YAML)
+    minio_secret: str = "ctp-s3-steps"  # manifests: keys MINIO_ACCESS_KEY, MINIO_SECRET_KEY (never in the YAML)
     settings_config_map: str = "ctp-settings"  # keys MINIO_ENDPOINT, MINIO_SECURE
 
     def __post_init__(self):

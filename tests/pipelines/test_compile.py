@@ -66,7 +66,7 @@ def test_every_step_gets_credentials_from_the_secret_only(compiled):
     assert set(executors) == {f"exec-{n}" for n in ("ingest", "validate-data", "train", "evaluate", "deploy-canary")}
     for executor in executors.values():
         (secret,) = executor["secretAsEnv"]
-        assert secret["secretName"] == "ctp-minio"
+        assert secret["secretName"] == "ctp-s3-steps"
         assert {k["envVar"] for k in secret["keyToEnv"]} == {"MINIO_ACCESS_KEY", "MINIO_SECRET_KEY"}
     assert SENTINEL_SECRET not in text and "sentinel-access-key" not in text
     for executor in spec["deploymentSpec"]["executors"].values():
@@ -102,3 +102,30 @@ def test_bad_node_selector_is_a_one_line_error(tmp_path):
     )
     assert result.returncode == 2
     assert result.stderr.strip().count("\n") == 0 and "KEY=VALUE" in result.stderr
+
+
+@pytest.mark.parametrize("overlay", ["multi-user", "standalone"])
+def test_compiled_store_refs_are_what_the_manifests_provide(compiled, overlay):
+    """The steps' credentials Secret is the one the manifests give the pipeline steps' role
+    (the TrainingRuntime's ctp-s3-steps, keys MINIO_ACCESS_KEY / MINIO_SECRET_KEY), and the
+    ConfigMap the steps read MINIO_ENDPOINT / MINIO_SECURE from exists in the rendered overlay
+    with both keys."""
+    from tests.manifests.render import all_pod_templates, containers, find, rendered
+
+    _, _, platform = compiled
+    objs = rendered(overlay)
+    steps_refs = {
+        (e["valueFrom"]["secretKeyRef"]["name"], e["valueFrom"]["secretKeyRef"]["key"])
+        for where, tmpl, obj in all_pod_templates(objs)
+        if obj["kind"] == "TrainingRuntime"
+        for c in containers(tmpl["spec"])
+        for e in c.get("env", [])
+        if "secretKeyRef" in e.get("valueFrom", {})
+    }
+    (config_map,) = find(objs, "ConfigMap", "ctp-settings")
+    for executor in platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"].values():
+        (secret,) = executor["secretAsEnv"]
+        assert {(secret["secretName"], k["secretKey"]) for k in secret["keyToEnv"]} == steps_refs
+        (cm,) = executor["configMapAsEnv"]
+        assert cm["configMapName"] == config_map["metadata"]["name"]
+        assert {k["configMapKey"] for k in cm["keyToEnv"]} <= set(config_map["data"])

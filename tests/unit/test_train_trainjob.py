@@ -103,7 +103,7 @@ def test_the_trainjob_sent_is_a_valid_torch_distributed_job_with_the_entry_point
     ]
     assert body["spec"]["trainer"]["resourcesPerNode"]["limits"]["nvidia.com/gpu"] == "1"
     env = {e["name"]: e for e in body["spec"]["trainer"]["env"]}
-    assert env["MINIO_SECRET_KEY"]["valueFrom"]["secretKeyRef"] == {"name": "ctp-minio", "key": "MINIO_SECRET_KEY"}
+    assert env["MINIO_SECRET_KEY"]["valueFrom"]["secretKeyRef"] == {"name": "ctp-s3-steps", "key": "MINIO_SECRET_KEY"}
     assert "value" not in env["MINIO_SECRET_KEY"]
 
 
