@@ -3,15 +3,34 @@ training. The settings themselves are ``components._shared.cluster.ClusterSettin
 
 from __future__ import annotations
 
-from components._shared.cluster import ClusterSettings
+from components._shared.cluster import RUN_AS_GID, RUN_AS_UID, ClusterSettings
+
+POD_LABELS = {"app.kubernetes.io/part-of": "ctp"}
+# No Istio sidecar on step pods: an injected proxy runs as root with NET_ADMIN (fails Pod Security
+# "restricted") and keeps a finished step's pod alive.
+POD_ANNOTATIONS = {"sidecar.istio.io/inject": "false"}
+
+
+def restrict_pod_security(task) -> None:
+    """Pod Security "restricted" for a task, as far as a task can say it: kfp-kubernetes 2.17's
+    set_security_context sets runAsNonRoot/runAsUser/runAsGroup only. KFP backends >= 2.16 add
+    allowPrivilegeEscalation=false, capabilities drop ALL and seccomp RuntimeDefault to every
+    executor pod (kubeflow/pipelines backend/src/v2/compiler/argocompiler/security_context.go,
+    applySecurityContextToExecutorTemplate) but NOT runAsNonRoot, so this call is what makes the
+    pod pass; backends before 2.16 set none of it and the namespace can only enforce baseline."""
+    from kfp import kubernetes
+
+    kubernetes.set_security_context(task, run_as_user=RUN_AS_UID, run_as_group=RUN_AS_GID, run_as_non_root=True)
+    for key, value in POD_LABELS.items():
+        kubernetes.add_pod_label(task, key, value)
+    for key, value in POD_ANNOTATIONS.items():
+        kubernetes.add_pod_annotation(task, key, value)
 
 
 def use_store_credentials(task, settings: ClusterSettings) -> None:
-    """MinIO endpoint from the settings ConfigMap, credentials from a Secret: never literals.
-    The label lets the namespace's NetworkPolicy give the pod its egress (manifests/base)."""
+    """MinIO endpoint from the settings ConfigMap, credentials from a Secret: never literals."""
     from kfp import kubernetes
 
-    kubernetes.add_pod_label(task, "app.kubernetes.io/part-of", "ctp")
     kubernetes.use_secret_as_env(
         task,
         secret_name=settings.minio_secret,

@@ -20,7 +20,7 @@ from components.train.component import train
 from components.train.config import TrainConfig
 from components.validate_data.component import validate_data
 from components.validate_data.config import ValidateConfig
-from pipelines.cluster import place_on_gpu_pool, use_store_credentials
+from pipelines.cluster import place_on_gpu_pool, restrict_pod_security, use_store_credentials
 from pipelines.run_params import DEFAULT_TRIGGER
 
 PIPELINE_NAME = "ctp-continuous-training"
@@ -138,6 +138,7 @@ def build_pipeline(settings: ClusterSettings = ClusterSettings()):
             ).set_display_name("canary-deploy")
         tasks = (ingest_task, validate_task, train_task, evaluate_task, deploy_task)
         for task in tasks:
+            restrict_pod_security(task)  # its pod label lets the NetworkPolicies give the pod egress
             use_store_credentials(task, settings)
             if task is not train_task:
                 task.set_cpu_limit(settings.step_cpu).set_memory_limit(settings.step_memory)

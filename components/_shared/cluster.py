@@ -13,6 +13,10 @@ import dataclasses
 from components._shared.errors import ConfigError
 
 TAINT_EFFECTS = ("NoSchedule", "PreferNoSchedule", "NoExecute")
+# The images' non-root user and group (images/*/Dockerfile `USER 10001:10001`): every pod ctp
+# starts (KFP tasks, TrainJob nodes, the predictor) runs as this uid/gid.
+RUN_AS_UID = 10001
+RUN_AS_GID = 10001
 
 
 @dataclasses.dataclass(frozen=True)

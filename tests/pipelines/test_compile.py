@@ -129,3 +129,59 @@ def test_compiled_store_refs_are_what_the_manifests_provide(compiled, overlay):
         (cm,) = executor["configMapAsEnv"]
         assert cm["configMapName"] == config_map["metadata"]["name"]
         assert {k["configMapKey"] for k in cm["keyToEnv"]} <= set(config_map["data"])
+
+
+# What a KFP >= 2.16 backend adds to every executor pod whatever the task says (kubeflow/pipelines
+# 2.17.0, backend/src/v2/compiler/argocompiler/security_context.go,
+# applySecurityContextToExecutorTemplate: pod seccomp RuntimeDefault; user container
+# allowPrivilegeEscalation=false, capabilities drop ALL, seccomp RuntimeDefault; no runAsNonRoot).
+BACKEND_POD_DEFAULTS = {"seccompProfile": {"type": "RuntimeDefault"}}
+BACKEND_CONTAINER_DEFAULTS = {
+    "allowPrivilegeEscalation": False,
+    "capabilities": {"drop": ["ALL"]},
+    "seccompProfile": {"type": "RuntimeDefault"},
+}
+
+
+def task_pod(executor: dict) -> tuple[dict, dict]:
+    """The executor pod a KFP >= 2.16 backend makes of a task's kubernetes platform config:
+    securityContext from set_security_context onto the main container over the backend's
+    defaults, pod labels and annotations from podMetadata."""
+    container_sc = {**BACKEND_CONTAINER_DEFAULTS, **executor.get("securityContext", {})}
+    pod = {
+        "securityContext": dict(BACKEND_POD_DEFAULTS),
+        "containers": [{"name": "main", "securityContext": container_sc}],
+    }
+    return pod, executor.get("podMetadata", {})
+
+
+def test_every_task_passes_pod_security_restricted(compiled):
+    """Pod Security Standards "restricted" (kubernetes.io/docs/concepts/security/
+    pod-security-standards, v1.32; encoded in tests/platform_rules.py) for every task of the
+    compiled pipeline: what the task sets (kfp-kubernetes 2.17 set_security_context: runAsNonRoot,
+    runAsUser/runAsGroup 10001) plus what the backend adds (kubeflow/pipelines 2.17.0
+    backend/src/v2/compiler/argocompiler/security_context.go). Backend floor: KFP 2.16
+    (SECURITY_CONTEXT_BACKEND_FLOOR); earlier backends set no securityContext on task pods, so a
+    namespace enforcing restricted rejects them. Every task keeps the part-of label (the
+    NetworkPolicies select it) and opts out of Istio sidecar injection."""
+    from tests.platform_rules import SECURITY_CONTEXT_BACKEND_FLOOR, restricted_violations
+
+    assert SECURITY_CONTEXT_BACKEND_FLOOR == "2.16.0"
+    _, _, platform = compiled
+    executors = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    assert len(executors) == 5
+    for name, executor in executors.items():
+        # int64 fields: protobuf's JSON form writes them as strings
+        assert executor["securityContext"] == {"runAsNonRoot": True, "runAsUser": "10001", "runAsGroup": "10001"}
+        pod, meta = task_pod(executor)
+        assert not restricted_violations(pod, name, meta.get("annotations")), name
+        assert meta["labels"]["app.kubernetes.io/part-of"] == "ctp"
+        assert meta["annotations"] == {"sidecar.istio.io/inject": "false"}
+
+
+def test_the_restricted_check_needs_the_tasks_run_as_non_root():
+    """Without the task's runAsNonRoot the backend's defaults alone fail "restricted"."""
+    from tests.platform_rules import restricted_violations
+
+    pod, _ = task_pod({})
+    assert any("runAsNonRoot" in v for v in restricted_violations(pod))
