@@ -262,12 +262,14 @@ def monitor_requests(recording_s3, tmp_path_factory):
         recorder.requests.clear()
         recorder.on = True
         try:
-            for args, host in (
-                (["monitor", "--submit", "--cooldown-minutes", "0"], "http://127.0.0.1:9"),
-                (["monitor", "--submit", "--cooldown-minutes", "0"], fake.url),
-                (["submit", "--trigger", "schedule"], fake.url),
+            for args, refused in (
+                (["monitor", "--submit", "--cooldown-minutes", "0"], {("POST", "/runs")}),  # releases its claim
+                (["monitor", "--submit", "--cooldown-minutes", "0"], set()),
+                (["submit", "--trigger", "schedule"], set()),
             ):
-                result = CliRunner().invoke(main, args, env={**env, "KFP_HOST": host})
+                fake.unavailable = refused
+                result = CliRunner().invoke(main, args, env={**env, "KFP_HOST": fake.url})
+                host = fake.url
                 outputs.append((args, host, result.exit_code, result.output[-400:]))
         finally:
             recorder.on = False

@@ -68,7 +68,8 @@ class FakeKfpApi:  # no KFP backend exists here
         self.pipelines: dict[str, models.V2beta1Pipeline] = {}
         self.versions: dict[str, list[models.V2beta1PipelineVersion]] = {}
         self.specs: dict[str, dict] = {}  # pipeline version id -> pipeline spec
-        self.stored: dict[str, dict] = {}  # pipeline version id -> what GET .../versions/{id} returns
+        self.stored: dict[str, dict] = {}
+        self.unavailable: set[tuple[str, str]] = set()  # (method, path pattern) answered 503, as an API server under load  # pipeline version id -> what GET .../versions/{id} returns
         self.experiments: dict[str, models.V2beta1Experiment] = {}
         self.runs: dict[str, models.V2beta1Run] = {}
         self.recurring_runs: dict[str, models.V2beta1RecurringRun] = {}
@@ -145,6 +146,8 @@ class FakeKfpApi:  # no KFP backend exists here
 
     def _route(self, request: dict):
         method, path, query = request["method"], request["path"][len(API) :], request["query"]
+        if any(verb == method and re.fullmatch(pattern, path) for verb, pattern in self.unavailable):
+            return 503, {"error": "the API server is unavailable", "code": 14, "message": "unavailable"}
         routes = [
             ("GET", r"/healthz", lambda: models.V2beta1GetHealthzResponse(multi_user=False)),
             ("GET", r"/pipelines", lambda: self._list_pipelines(query)),
