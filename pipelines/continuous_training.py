@@ -138,6 +138,10 @@ def build_pipeline(settings: ClusterSettings = ClusterSettings()):
             ).set_display_name("canary-deploy")
         tasks = (ingest_task, validate_task, train_task, evaluate_task, deploy_task)
         for task in tasks:
+            # Components fix their base_image at decoration; each task's container spec is its own
+            # copy, so the compile-time image is set here (the train step's TrainJob gets the same
+            # trainer image through `cluster`).
+            task.container_spec.image = settings.trainer_image if task is train_task else settings.base_image
             restrict_pod_security(task)  # its pod label lets the NetworkPolicies give the pod egress
             use_store_credentials(task, settings)
             if task is not train_task:

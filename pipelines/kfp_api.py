@@ -101,8 +101,8 @@ class Uploaded:
 
 
 @contextlib.contextmanager
-def pipeline_package(path: str | None) -> Iterator[str]:
-    """The given compiled YAML, or the pipeline compiled with default cluster settings."""
+def pipeline_package(path: str | None, settings=None) -> Iterator[str]:
+    """The given compiled YAML, or the pipeline compiled with these (default) cluster settings."""
     if path:
         if not Path(path).is_file():
             raise ConfigError(
@@ -115,7 +115,7 @@ def pipeline_package(path: str | None) -> Iterator[str]:
     from pipelines.continuous_training import compile_pipeline
 
     with tempfile.TemporaryDirectory(prefix="ctp-compile-") as tmp:
-        yield compile_pipeline(str(Path(tmp) / "continuous_training.yaml"))
+        yield compile_pipeline(str(Path(tmp) / "continuous_training.yaml"), *([settings] if settings else []))
 
 
 def default_version_name(package: str) -> str:

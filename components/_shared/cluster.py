@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 
 from components._shared.errors import ConfigError
+from components._shared.images import BASE_IMAGE, TRAINER_IMAGE
 
 TAINT_EFFECTS = ("NoSchedule", "PreferNoSchedule", "NoExecute")
 # The images' non-root user and group (images/*/Dockerfile `USER 10001:10001`): every pod ctp
@@ -33,15 +34,32 @@ class ClusterSettings:
     toleration_effect: str = "NoSchedule"
     minio_secret: str = "ctp-s3-steps"  # manifests: keys MINIO_ACCESS_KEY, MINIO_SECRET_KEY (never in the YAML)
     settings_config_map: str = "ctp-settings"  # keys MINIO_ENDPOINT, MINIO_SECURE
+    # Full image references (registry/name:tag or @sha256:digest): the base image runs every step
+    # but train; the trainer image runs the train step and every node of its TrainJob.
+    base_image: str = BASE_IMAGE
+    trainer_image: str = TRAINER_IMAGE
 
     def __post_init__(self):
         if self.gpus < 0:
             raise ConfigError(f"gpus={self.gpus}; must be 0 (CPU) or more")
+        for field in ("base_image", "trainer_image"):
+            ref = getattr(self, field)
+            if not ref or any(c.isspace() for c in ref) or ref != ref.strip("/:@"):
+                raise ConfigError(
+                    f"{field} {ref!r} is not an image reference", hint="e.g. registry/name:tag or @sha256:..."
+                )
         if self.toleration_effect not in TAINT_EFFECTS:
             raise ConfigError(
                 f"toleration effect {self.toleration_effect!r} is not a Kubernetes taint effect",
                 hint=f"use one of {', '.join(TAINT_EFFECTS)}",
             )
+
+    @classmethod
+    def image_names(cls, registry: str, tag: str) -> dict:
+        """base_image and trainer_image: the default image names under another registry and tag."""
+        base, trainer = (ref.rsplit("/", 1)[1].split(":", 1)[0] for ref in (BASE_IMAGE, TRAINER_IMAGE))
+        registry = registry.rstrip("/")
+        return {"base_image": f"{registry}/{base}:{tag}", "trainer_image": f"{registry}/{trainer}:{tag}"}
 
     def to_dict(self) -> dict:
         """The settings as a KFP parameter (JSON): the train step rebuilds them with from_dict."""

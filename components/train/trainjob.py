@@ -18,7 +18,6 @@ from pathlib import Path
 
 from components._shared.cluster import ClusterSettings
 from components._shared.errors import CtpError
-from components._shared.images import TRAINER_IMAGE
 from components.train.torchrun import ENTRY_POINT, MAX_RESTARTS, RESTARTABLE_ENV
 
 GROUP, VERSION, PLURAL, KIND = "trainer.kubeflow.org", "v1alpha1", "trainjobs", "TrainJob"
@@ -36,7 +35,6 @@ class TrainJobSettings:
     cluster: ClusterSettings = ClusterSettings()
     namespace: str = ""  # empty: the namespace of the pod that submits the job
     runtime: str = "torch-distributed"  # a ClusterTrainingRuntime shipped with Kubeflow Trainer
-    image: str = TRAINER_IMAGE
     timeout_s: float = 6 * 3600
     poll_s: float = 15.0
 
@@ -80,7 +78,7 @@ def build(
             runtime_ref=m.TrainerV1alpha1RuntimeRef(name=settings.runtime),
             runtime_patches=[_pod_label_patch(m)],
             trainer=m.TrainerV1alpha1Trainer(
-                image=settings.image,
+                image=cluster.trainer_image,  # the same image as the train step's own pod
                 num_nodes=num_nodes,
                 num_proc_per_node=nproc_per_node,
                 command=[

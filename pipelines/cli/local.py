@@ -8,7 +8,7 @@ from components._shared.cluster import ClusterSettings
 from components._shared.errors import ConfigError
 from components.evaluate.config import EvaluateConfig
 from components.train.config import INIT_POLICIES, TrainConfig
-from pipelines.cli.options import dataset_option, model_option, store_option
+from pipelines.cli.options import dataset_option, image_options, image_settings, model_option, store_option
 from pipelines.local_run import LOCAL_NPROC_PER_NODE, LOCAL_PIPELINE_ROOT
 from pipelines.run_params import DEFAULT_TRIGGER
 
@@ -108,7 +108,8 @@ def run_command(
     show_default=True,
     help="Secret with MINIO_ACCESS_KEY / MINIO_SECRET_KEY.",
 )
-def compile_command(output, gpus, accelerator_type, node_selector, toleration_key, minio_secret):
+@image_options
+def compile_command(output, gpus, accelerator_type, node_selector, toleration_key, minio_secret, **images):
     """Compile the pipeline to KFP IR YAML (for the dashboard, `ctp upload` or CI)."""
     from pipelines.continuous_training import compile_pipeline
 
@@ -122,6 +123,7 @@ def compile_command(output, gpus, accelerator_type, node_selector, toleration_ke
         node_selector_value=value,
         toleration_key=toleration_key,
         minio_secret=minio_secret,
+        **image_settings(**images),
     )
     Path(output).parent.mkdir(parents=True, exist_ok=True)
     compile_pipeline(output, settings)

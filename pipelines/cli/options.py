@@ -35,3 +35,37 @@ def model_option(envvar: str | None = None):
 
 def json_option():
     return click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+
+
+def image_options(func):
+    """--base-image/--trainer-image (full references, digests allowed) or --image-registry and
+    --image-tag applied to both default image names; `image_settings` turns them into the
+    ClusterSettings fields."""
+    from components._shared.cluster import ClusterSettings
+
+    options = [
+        click.option(
+            "--base-image", default=None, help=f"Image of every step but train [{ClusterSettings.base_image}]."
+        ),
+        click.option(
+            "--trainer-image", default=None, help=f"Image of train and its TrainJob [{ClusterSettings.trainer_image}]."
+        ),
+        click.option("--image-registry", default=None, help="Registry for both default image names."),
+        click.option("--image-tag", default=None, help="Tag for both default image names."),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def image_settings(base_image, trainer_image, image_registry, image_tag) -> dict:
+    """The image fields of ClusterSettings from the image options; an explicit reference wins
+    over the registry/tag naming."""
+    from components._shared import images
+    from components._shared.cluster import ClusterSettings
+
+    named = {}
+    if image_registry or image_tag:
+        named = ClusterSettings.image_names(image_registry or images.REGISTRY, image_tag or images.TAG)
+    explicit = {"base_image": base_image, "trainer_image": trainer_image}
+    return {**named, **{k: v for k, v in explicit.items() if v}}

@@ -68,8 +68,8 @@ class FakeKfpApi:  # no KFP backend exists here
         self.pipelines: dict[str, models.V2beta1Pipeline] = {}
         self.versions: dict[str, list[models.V2beta1PipelineVersion]] = {}
         self.specs: dict[str, dict] = {}  # pipeline version id -> pipeline spec
-        self.stored: dict[str, dict] = {}
-        self.unavailable: set[tuple[str, str]] = set()  # (method, path pattern) answered 503, as an API server under load  # pipeline version id -> what GET .../versions/{id} returns
+        self.stored: dict[str, dict] = {}  # pipeline version id -> what GET .../versions/{id} returns
+        self.unavailable: set[tuple[str, str]] = set()  # (method, path pattern) answered 503, as under load
         self.experiments: dict[str, models.V2beta1Experiment] = {}
         self.runs: dict[str, models.V2beta1Run] = {}
         self.recurring_runs: dict[str, models.V2beta1RecurringRun] = {}

@@ -185,3 +185,69 @@ def test_the_restricted_check_needs_the_tasks_run_as_non_root():
 
     pod, _ = task_pod({})
     assert any("runAsNonRoot" in v for v in restricted_violations(pod))
+
+
+def compile_with(tmp_path, *args) -> tuple[dict, str]:
+    path = tmp_path / "ct.yaml"
+    result = subprocess.run(
+        [sys.executable, "-m", "pipelines.cli", "compile", "-o", str(path), *args], capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr
+    spec, _ = list(yaml.safe_load_all(path.read_text()))
+    return spec, path.read_text()
+
+
+def images_by_executor(spec: dict) -> dict:
+    return {name: e["container"]["image"] for name, e in spec["deploymentSpec"]["executors"].items()}
+
+
+def train_cluster(spec: dict) -> dict:
+    return spec["root"]["dag"]["tasks"]["train"]["inputs"]["parameters"]["cluster"]["runtimeValue"]["constant"]
+
+
+def test_compile_pins_the_given_image_references(tmp_path):
+    """--base-image/--trainer-image (digests allowed) are the only images in the YAML: train runs
+    the trainer image, every other step the base image, and the train step's cluster dict (what
+    the TrainJob is built from) carries the same trainer image."""
+    base = "registry.example/ml/ctp-base@sha256:" + "b" * 64
+    trainer = "registry.example/ml/ctp-trainer@sha256:" + "c" * 64
+    spec, text = compile_with(tmp_path, "--base-image", base, "--trainer-image", trainer)
+    images = images_by_executor(spec)
+    assert images.pop("exec-train") == trainer
+    assert set(images.values()) == {base} and len(images) == 4
+    assert train_cluster(spec)["trainer_image"] == trainer
+    assert "ghcr.io/ctp-dev" not in text
+
+
+def test_compile_names_the_default_images_under_registry_and_tag(tmp_path):
+    spec, text = compile_with(tmp_path, "--image-registry", "registry.example/ml/", "--image-tag", "abc123")
+    images = images_by_executor(spec)
+    assert images.pop("exec-train") == "registry.example/ml/ctp-trainer:abc123"
+    assert set(images.values()) == {"registry.example/ml/ctp-base:abc123"}
+    assert train_cluster(spec)["trainer_image"] == "registry.example/ml/ctp-trainer:abc123"
+    assert "ghcr.io/ctp-dev" not in text
+
+
+def test_an_explicit_reference_wins_over_registry_and_tag(tmp_path):
+    trainer = "other.example/trainer:1"
+    spec, _ = compile_with(tmp_path, "--image-tag", "t9", "--trainer-image", trainer)
+    images = images_by_executor(spec)
+    assert images.pop("exec-train") == trainer
+    assert set(images.values()) == {"ghcr.io/ctp-dev/ctp-base:t9"}
+
+
+def test_upload_compiles_with_the_image_options(tmp_path):
+    """`ctp upload` without a package compiles with the same image options as `ctp compile`."""
+    from click.testing import CliRunner
+
+    from pipelines.cli import main
+    from tests.pipelines.fake_kfp import FakeKfpApi
+
+    trainer = "registry.example/ml/ctp-trainer@sha256:" + "d" * 64
+    with FakeKfpApi() as fake:
+        result = CliRunner().invoke(
+            main, ["upload", "--trainer-image", trainer], env={"KFP_HOST": fake.url, "CTP_NAMESPACE": "ctp"}
+        )
+        assert result.exit_code == 0, result.output
+        (spec,) = fake.specs.values()
+    assert images_by_executor(spec)["exec-train"] == trainer

@@ -91,7 +91,7 @@ def test_the_trainjob_sent_is_a_valid_torch_distributed_job_with_the_entry_point
     assert job.metadata.name == trainjob.job_name("Run-20261123T1800Z_ab")
     assert job.spec.runtime_ref.name == "torch-distributed"
     trainer = job.spec.trainer
-    assert (trainer.num_nodes, trainer.num_proc_per_node, trainer.image) == (2, 4, TRAINER_IMAGE)
+    assert (trainer.num_nodes, trainer.num_proc_per_node, trainer.image) == (2, 4, TRAINER_IMAGE)  # the default
     assert trainer.command[:3] == ["python", "-m", "torch.distributed.run"]
     assert trainer.command[-6:] == [
         "-m",
@@ -195,3 +195,12 @@ def test_worker_pods_carry_the_network_policy_labels_through_a_runtime_patch():
         "app.kubernetes.io/part-of": "ctp",
         "app.kubernetes.io/component": "training",
     }
+
+
+def test_the_trainjob_runs_the_trainer_image_the_pipeline_was_compiled_with():
+    """`ctp compile --trainer-image` reaches the TrainJob through the train step's cluster dict."""
+    ref = "registry.example/ml/ctp-trainer@sha256:" + "a" * 64
+    cluster = ClusterSettings.from_dict(ClusterSettings(trainer_image=ref).to_dict())
+    api = FakeCustomObjectsApi([COMPLETE])
+    run(api, TrainJobSettings(cluster=cluster, namespace="ml", timeout_s=100, poll_s=10))
+    assert TrainerV1alpha1TrainJob.from_dict(api.created[0][1]).spec.trainer.image == ref
