@@ -25,7 +25,7 @@ import torch.distributed as dist
 import torch.nn as nn
 
 from components._shared.dataset import decode_images
-from components._shared.errors import ConfigError, IntegrityError
+from components._shared.errors import ConfigError, CtpError, IntegrityError
 from components._shared.model.files import EMBEDDING_FILE, META_FILE, ONNX_FILE, REFERENCE_FILE, WEIGHTS_FILE
 from components._shared.model.inputs import pixel_features
 from components._shared.model.network import architecture_for, build_model, embed, export_onnx, to_tensor
@@ -48,8 +48,29 @@ class DistInfo:
     backend: str
 
 
+GPUS_REQUESTED_ENV = "CTP_GPUS_REQUESTED"  # set by the cluster's train step: GPUs its pod asked for
+
+
+def require_cuda_if_requested() -> None:
+    """A pod that asked for GPUs must not silently train with gloo on CPU while holding them."""
+    requested = int(os.environ.get(GPUS_REQUESTED_ENV) or 0)
+    if requested > 0 and not torch.cuda.is_available():
+        built = torch.version.cuda
+        raise CtpError(
+            f"{requested} GPU(s) requested but CUDA is not usable in this pod",
+            code="CUDA_UNAVAILABLE",
+            hint=(
+                f"this torch is built for CUDA {built}: the node needs an NVIDIA driver that supports CUDA {built} "
+                "and the pod a GPU (nvidia.com/gpu limit, device plugin)"
+                if built
+                else "this torch is a CPU-only build: run the trainer image (CUDA build of torch)"
+            ),
+        )
+
+
 def setup_distributed() -> DistInfo:
     """Join the process group when launched by torchrun; a plain run is a world of one."""
+    require_cuda_if_requested()
     if int(os.environ.get("RANK", -1)) == -1:
         return DistInfo(0, 1, 0, "none")
     backend = "nccl" if torch.cuda.is_available() else "gloo"
