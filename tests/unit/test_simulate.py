@@ -3,6 +3,7 @@
 import csv
 import io
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
 
@@ -191,3 +192,32 @@ def test_pipeline_canary_defaults_let_the_adaptation_to_a_large_shift_through(ad
     assert low_agreement, [r["canary"] for r in deployed]
     for canary in low_agreement:
         assert canary["disagreement_confidence"]["canary"] > canary["disagreement_confidence"]["champion"]
+
+
+def test_a_policy_replays_exactly_the_old_rows_the_pipeline_would(local_store, tmp_path):
+    """`ctp simulate` replays by ingest's own rule (per-class shares, stable id hash, a minimum per
+    class): its retraining window holds the same old rows as the pipeline's snapshot."""
+    from components._shared.snapshot import Split, load_split
+    from components.ingest.config import IngestConfig
+    from components.ingest.core import ingest
+    from pipelines.simulate import Serving, Stream, retraining_window
+    from tests.helpers import digits_table, write_batch
+    from tests.unit.test_data_checks import publish_champion
+
+    labels = np.array([9 if i % 100 == 0 else i % 2 for i in range(1700)])  # a rare class 9
+    old, new = digits_table(1700, prefix="old", labels=labels), digits_table(100, prefix="new")
+    write_batch(local_store, old, "0000")
+    publish_champion(local_store, tmp_path, ingest(local_store, IngestConfig()).fingerprint)
+    write_batch(local_store, new, "0001")
+    snapshot = ingest(local_store, IngestConfig(replay_fraction=0.1)).fingerprint
+    pipeline = {i for split in ("train", "test") for i in load_split(local_store, snapshot, split).ids}
+
+    def step(table, batch):
+        images = load_split(local_store, snapshot, "test").images[:1].repeat(table.num_rows, axis=0)
+        labels = np.asarray(table.column("label").to_pylist())
+        return Split(images, labels, table.column("id").to_pylist(), [batch] * table.num_rows)
+
+    stream = Stream([step(old, "0000"), step(new, "0001")], [None, None], [{}, {}], [])
+    window = retraining_window(stream, Serving(tmp_path, 1, []), 1, 0.1)
+    assert set(window.ids) == pipeline
+    assert 100 < len(pipeline) - 100 < 1700 * 0.4  # a replay, not everything: the test can fail
