@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import json
 import sys
 import tempfile
@@ -72,8 +73,8 @@ def _train_on_trainjob(
 
     run_prefix = f"runs/{config.run_id}/train/"
     output_prefix = run_prefix + "output/"
-    on_nodes = dataclasses.replace(config, out_dir=POD_OUTPUT_DIR, output_prefix=output_prefix)
-    store.put_json(run_prefix + "config.json", dataclasses.asdict(on_nodes))
+    on_nodes = dataclasses.asdict(dataclasses.replace(config, out_dir=POD_OUTPUT_DIR, output_prefix=output_prefix))
+    store.put_json(run_prefix + "config.json", on_nodes)
     trainjob.run(
         trainjob.TrainJobSettings(cluster=cluster),
         trainjob.custom_objects_api(),
@@ -82,6 +83,8 @@ def _train_on_trainjob(
         nproc_per_node=nproc_per_node,
         store_uri=config.store_uri,
         config_key=run_prefix + "config.json",
+        # a retry of this step adopts a job only if it reads the same config (e.g. the same champion)
+        config_digest=hashlib.sha256(json.dumps(on_nodes, sort_keys=True).encode()).hexdigest(),
     )
     for key in store.list(output_prefix):
         store.get_file(key, Path(config.out_dir) / key[len(output_prefix) :])

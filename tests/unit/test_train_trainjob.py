@@ -2,6 +2,8 @@
 against recorded status sequences. No cluster exists here, so the Kubernetes API is a fake that
 replays statuses; every object it receives is parsed back with the Trainer API models."""
 
+from pathlib import Path
+
 import pytest
 from kubeflow_trainer_api.models import TrainerV1alpha1TrainJob
 from kubernetes.client.exceptions import ApiException
@@ -11,6 +13,7 @@ from components._shared.images import TRAINER_IMAGE
 from components.train import trainjob
 from components.train.trainjob import TrainJobError, TrainJobSettings
 
+REPO = Path(__file__).resolve().parents[2]
 T0 = "2026-11-23T18:00:00Z"
 
 
@@ -31,10 +34,25 @@ COMPLETE = {
 FAILED = {"conditions": [condition("Failed", "JobsFailed", "node-0: exit code 1")], "jobsStatus": [child(failed=1)]}
 
 
-class FakeCustomObjectsApi:  # no cluster exists here: replays a recorded sequence of TrainJob statuses
-    def __init__(self, statuses, *, create_error: ApiException | None = None):
-        self.statuses, self.create_error = list(statuses), create_error
+class FakeCustomObjectsApi:
+    """No cluster exists here. The Kubernetes API semantics this keeps for one namespace's trainjobs:
+    create of a taken name is 409 AlreadyExists, get and delete of a missing one 404; a job reports
+    ``statuses`` in turn on each get; a deleted job stays visible (with a deletionTimestamp) for
+    ``terminating`` more gets, as an object with dependents being collected does. Only get, create
+    and delete exist: Role ctp-steps grants nothing else on trainjobs (no list, no watch)."""
+
+    def __init__(self, statuses, *, create_error=None, existing=None, terminating=0, delete_error=None):
+        self.statuses, self.create_error, self.delete_error = list(statuses), create_error, delete_error
+        self.terminating = terminating
+        self.jobs = {}  # name -> {"body", "statuses", "polls", "gone_in"}
         self.created, self.deleted, self.polls = [], [], 0
+        if existing is not None:
+            self.jobs[existing["metadata"]["name"]] = {
+                "body": existing,
+                "statuses": [existing.pop("status", {}), *self.statuses],  # then as a new job would
+                "polls": 0,
+                "gone_in": None,
+            }
 
     def create_namespaced_custom_object(self, group, version, namespace, plural, body):
         assert (group, version, plural) == ("trainer.kubeflow.org", "v1alpha1", "trainjobs")
@@ -42,15 +60,38 @@ class FakeCustomObjectsApi:  # no cluster exists here: replays a recorded sequen
         self.created.append((namespace, body))
         if self.create_error:
             raise self.create_error
+        if body["metadata"]["name"] in self.jobs:
+            raise ApiException(status=409, reason="AlreadyExists")
+        self.jobs[body["metadata"]["name"]] = {"body": body, "statuses": self.statuses, "polls": 0, "gone_in": None}
         return body
 
     def get_namespaced_custom_object(self, group, version, namespace, plural, name):
-        status = self.statuses[min(self.polls, len(self.statuses) - 1)]
+        job = self.jobs.get(name)
+        if job is None:
+            raise ApiException(status=404, reason="NotFound")
+        if job["gone_in"] is not None:
+            if job["gone_in"] == 0:
+                del self.jobs[name]
+                raise ApiException(status=404, reason="NotFound")
+            job["gone_in"] -= 1
+        status = job["statuses"][min(job["polls"], len(job["statuses"]) - 1)]
+        job["polls"] += 1
         self.polls += 1
-        return {"metadata": {"name": name, "namespace": namespace}, "status": status}
+        return {**job["body"], "status": status}
 
-    def delete_namespaced_custom_object(self, group, version, namespace, plural, name):
+    def delete_namespaced_custom_object(self, group, version, namespace, plural, name, propagation_policy=None):
+        assert propagation_policy == "Background"  # the JobSet and pods go too
+        if self.delete_error:
+            raise self.delete_error
+        if name not in self.jobs:
+            raise ApiException(status=404, reason="NotFound")
         self.deleted.append((namespace, name))
+        if not self.terminating:
+            del self.jobs[name]
+            return
+        job = self.jobs[name]
+        job["body"] = {**job["body"], "metadata": {**job["body"]["metadata"], "deletionTimestamp": T0}}
+        job["gone_in"] = self.terminating
 
 
 class FakeClock:
@@ -64,22 +105,36 @@ class FakeClock:
         self.now += seconds
 
 
-def run(api, settings=TrainJobSettings(namespace="ml", timeout_s=100, poll_s=10), log=None):
+RUN_ID = "Run-20261123T1800Z_ab"
+NAME = trainjob.job_name(RUN_ID)
+SETTINGS = TrainJobSettings(namespace="ml", timeout_s=100, poll_s=10)
+JOB_ARGS = {"num_nodes": 2, "nproc_per_node": 4, "store_uri": "s3://ctp/ctp", "config_key": "runs/r/train/config.json"}
+
+
+def run(api, settings=SETTINGS, log=None, config_digest="cfg-1"):
     clock = FakeClock()
     lines = [] if log is None else log
     status = trainjob.run(
         settings,
         api,
-        run_id="Run-20261123T1800Z_ab",
-        num_nodes=2,
-        nproc_per_node=4,
-        store_uri="s3://ctp/ctp",
-        config_key="runs/r/train/config.json",
+        run_id=RUN_ID,
+        config_digest=config_digest,
         sleep=clock.sleep,
         clock=clock,
         log=lines.append,
+        **JOB_ARGS,
     )
     return status, clock
+
+
+def existing_job(status, *, run_id=RUN_ID, config_digest="cfg-1", annotations=None) -> dict:
+    """A job already in the cluster under this run's job name, as run() would have built it."""
+    body = trainjob.build(
+        SETTINGS, name=NAME, namespace="ml", run_id=run_id, config_digest=config_digest, **JOB_ARGS
+    ).to_dict()
+    if annotations is not None:
+        body["metadata"]["annotations"] = annotations
+    return {**body, "status": status}
 
 
 def test_the_trainjob_sent_is_a_valid_torch_distributed_job_with_the_entry_point_and_gpus():
@@ -88,8 +143,7 @@ def test_the_trainjob_sent_is_a_valid_torch_distributed_job_with_the_entry_point
     namespace, body = api.created[0]
     job = TrainerV1alpha1TrainJob.from_dict(body)
     assert namespace == "ml" and job.kind == "TrainJob" and job.api_version == "trainer.kubeflow.org/v1alpha1"
-    assert job.metadata.name == trainjob.job_name("Run-20261123T1800Z_ab")
-    assert job.spec.runtime_ref.name == "torch-distributed"
+    assert job.metadata.name == NAME
     trainer = job.spec.trainer
     assert (trainer.num_nodes, trainer.num_proc_per_node, trainer.image) == (2, 4, TRAINER_IMAGE)  # the default
     assert trainer.command[:3] == ["python", "-m", "torch.distributed.run"]
@@ -127,7 +181,6 @@ def test_waits_through_pending_and_running_and_logs_each_change():
         "node active=2 ready=2 succeeded=0 failed=0",
         "Complete(JobsCompleted); node active=0 ready=0 succeeded=2 failed=0",
     ]
-    assert api.deleted == []
 
 
 def test_a_failed_trainjob_fails_the_step_with_its_reason():
@@ -137,6 +190,7 @@ def test_a_failed_trainjob_fails_the_step_with_its_reason():
     assert err.value.code == "TRAINJOB_FAILED"
     assert "JobsFailed" in err.value.message and "exit code 1" in err.value.message
     assert "kubectl logs" in err.value.hint
+    assert api.deleted == []  # a failed job stays for its pods' logs
 
 
 def test_a_trainjob_that_never_finishes_times_out_and_is_deleted():
@@ -144,13 +198,7 @@ def test_a_trainjob_that_never_finishes_times_out_and_is_deleted():
     with pytest.raises(TrainJobError) as err:
         run(api)
     assert err.value.code == "TRAINJOB_TIMEOUT" and "100 s" in err.value.message
-    assert api.deleted == [("ml", trainjob.job_name("Run-20261123T1800Z_ab"))]
-
-
-def test_a_retried_step_adopts_the_job_it_already_created():
-    api = FakeCustomObjectsApi([RUNNING, COMPLETE], create_error=ApiException(status=409, reason="AlreadyExists"))
-    status, _ = run(api)
-    assert status == COMPLETE and len(api.created) == 1
+    assert api.deleted == [("ml", NAME)]
 
 
 def test_a_rejected_submission_says_what_to_check():
@@ -184,19 +232,6 @@ def test_invalid_node_counts_are_refused():
         )
 
 
-def test_worker_pods_carry_the_network_policy_labels_through_a_runtime_patch():
-    api = FakeCustomObjectsApi(statuses=[COMPLETE])
-    run(api)
-    ((_, body),) = api.created
-    (patch,) = body["spec"]["runtimePatches"]
-    (node,) = patch["trainingRuntimeSpec"]["template"]["spec"]["replicatedJobs"]
-    assert node["name"] == "node"
-    assert node["template"]["spec"]["template"]["metadata"]["labels"] == {
-        "app.kubernetes.io/part-of": "ctp",
-        "app.kubernetes.io/component": "training",
-    }
-
-
 def test_the_trainjob_runs_the_trainer_image_the_pipeline_was_compiled_with():
     """`ctp compile --trainer-image` reaches the TrainJob through the train step's cluster dict."""
     ref = "registry.example/ml/ctp-trainer@sha256:" + "a" * 64
@@ -204,3 +239,148 @@ def test_the_trainjob_runs_the_trainer_image_the_pipeline_was_compiled_with():
     api = FakeCustomObjectsApi([COMPLETE])
     run(api, TrainJobSettings(cluster=cluster, namespace="ml", timeout_s=100, poll_s=10))
     assert TrainerV1alpha1TrainJob.from_dict(api.created[0][1]).spec.trainer.image == ref
+
+
+# ----------------------------------------------------------------------------- runtime
+def _runtime_manifest() -> dict:
+    import yaml
+
+    path = REPO / "manifests" / "base" / "ctp-torch-distributed-trainingruntime.yaml"
+    return yaml.safe_load(path.read_text())
+
+
+def test_the_job_references_ctps_namespaced_trainingruntime():
+    """kubeflow/trainer v2.3.0 pkg/apis/trainer/v1alpha1/trainjob_types.go RuntimeRef: `name`,
+    `apiGroup` (default trainer.kubeflow.org) and `kind` (default ClusterTrainingRuntime, so a
+    namespaced TrainingRuntime must be named); pkg/runtime/core/trainingruntime.go looks the runtime
+    up in the TrainJob's own namespace. The reference is the TrainingRuntime manifests/base ships."""
+    runtime = _runtime_manifest()
+    api = FakeCustomObjectsApi([COMPLETE])
+    run(api)
+    ((namespace, body),) = api.created
+    assert body["spec"]["runtimeRef"] == {
+        "apiGroup": runtime["apiVersion"].split("/")[0],
+        "kind": runtime["kind"],
+        "name": runtime["metadata"]["name"],
+    }
+    assert body["spec"]["runtimeRef"] == {
+        "apiGroup": "trainer.kubeflow.org",
+        "kind": "TrainingRuntime",
+        "name": "ctp-torch-distributed",
+    }
+    assert "namespace" not in runtime["metadata"]  # kustomize puts it in the namespace the jobs run in
+
+
+def test_the_job_patches_nothing_the_runtime_already_sets():
+    """kubeflow/trainer v2.3.0 pkg/runtime/framework/plugins/jobset/builder.go (Builder.Trainer):
+    the TrainJob's trainer sets image, command, args and env (UpsertEnvVars, by name) of container
+    "node" in the runtime's trainer job; everything else on the pod comes from the runtime's
+    template. Ours (manifests/base/ctp-torch-distributed-trainingruntime.yaml) already carries the
+    NetworkPolicy labels, security context, /dev/shm and (gpu-nodepool) placement, so the job sends
+    no runtimePatches at all (it used to patch in the pod labels)."""
+    runtime = _runtime_manifest()
+    (node,) = runtime["spec"]["template"]["spec"]["replicatedJobs"]
+    pod = node["template"]["spec"]["template"]
+    assert pod["metadata"]["labels"] == trainjob.JOB_LABELS  # what ctp-training's NetworkPolicy selects
+    assert pod["spec"]["securityContext"]["runAsNonRoot"] is True
+    assert any(m["mountPath"] == "/dev/shm" for m in pod["spec"]["containers"][0]["volumeMounts"])
+    api = FakeCustomObjectsApi([COMPLETE])
+    run(api)
+    ((_, body),) = api.created
+    assert "runtimePatches" not in body["spec"] and "podTemplateOverrides" not in body["spec"]
+    assert set(body["spec"]["trainer"]) == {"image", "command", "env", "numNodes", "numProcPerNode", "resourcesPerNode"}
+
+
+# ----------------------------------------------------------------------------- clean-up
+def test_a_completed_trainjob_is_deleted_with_its_pods():
+    """Role ctp-steps grants get/create/delete on trainjobs (manifests/base/ctp-steps-role.yaml):
+    the step deletes its job once it completed (propagation Background: the JobSet and its pods
+    are garbage-collected too), so finished jobs do not pile up in the namespace."""
+    api, lines = FakeCustomObjectsApi([RUNNING, COMPLETE]), []
+    status, _ = run(api, log=lines)
+    assert status == COMPLETE and api.deleted == [("ml", NAME)] and NAME not in api.jobs
+    assert any("deleted" in line and "completed" in line for line in lines)
+
+
+def test_a_clean_up_that_is_refused_does_not_fail_a_completed_training():
+    api, lines = FakeCustomObjectsApi([COMPLETE], delete_error=ApiException(status=403, reason="Forbidden")), []
+    status, _ = run(api, log=lines)
+    assert status == COMPLETE and any("could not delete" in line and "403" in line for line in lines)
+
+
+def test_a_job_deleted_while_waited_for_fails_the_step_clearly():
+    api = FakeCustomObjectsApi([RUNNING])
+    api.create_namespaced_custom_object = lambda *a, **k: None  # created, then gone before the first get
+    with pytest.raises(TrainJobError, match="was deleted while"):
+        run(api)
+
+
+# ----------------------------------------------------------------------------- re-runs
+def test_jobs_carry_the_run_id_and_an_attempt_digest():
+    build = lambda **kw: trainjob.build(SETTINGS, name=NAME, namespace="ml", run_id=RUN_ID, **{**JOB_ARGS, **kw})  # noqa: E731
+    a = build(config_digest="cfg-1").metadata.annotations
+    assert a[trainjob.RUN_ID_ANNOTATION] == RUN_ID
+    assert build(config_digest="cfg-1").metadata.annotations == a  # a retry with the same inputs
+    assert (
+        build(config_digest="cfg-2").metadata.annotations[trainjob.ATTEMPT_ANNOTATION] != a[trainjob.ATTEMPT_ANNOTATION]
+    )
+    assert build(config_digest="cfg-1", num_nodes=3).metadata.annotations != a
+
+
+def test_a_retried_step_adopts_its_own_running_job():
+    """Same run, same attempt (spec and config), still running: a retried step waits for it."""
+    api, lines = FakeCustomObjectsApi([COMPLETE], existing=existing_job(RUNNING)), []
+    status, _ = run(api, log=lines)
+    assert len(api.created) == 1 and api.deleted == [("ml", NAME)]  # created once (409), deleted when done
+    assert any("same attempt" in line for line in lines)
+
+
+def test_a_retried_step_adopts_its_own_completed_job():
+    """Same run, same attempt, already Complete (the step died before it could delete the job):
+    its outputs in the store are what this attempt would train, so it is adopted, not rerun."""
+    api = FakeCustomObjectsApi([COMPLETE], existing=existing_job(COMPLETE))
+    status, _ = run(api)
+    assert status == COMPLETE and len(api.created) == 1 and api.deleted == [("ml", NAME)]
+
+
+@pytest.mark.parametrize(
+    "status, digest", [(COMPLETE, "cfg-0"), (FAILED, "cfg-1"), (FAILED, "cfg-0"), (RUNNING, "cfg-0")]
+)
+def test_this_runs_job_from_another_attempt_or_failed_is_replaced_never_adopted(status, digest):
+    """A finished job of an earlier attempt of this run (other inputs, e.g. another champion to warm
+    start from), a failed one, or one still training other inputs is never adopted: it is deleted,
+    the step waits until it is gone (get until 404; no watch) and creates its own."""
+    api = FakeCustomObjectsApi([RUNNING, COMPLETE], existing=existing_job(status, config_digest=digest), terminating=2)
+    result, _ = run(api)
+    assert result == COMPLETE
+    assert len(api.created) == 2 and api.deleted == [("ml", NAME), ("ml", NAME)]  # the old one, then ours
+    (_, ours) = api.created[1]
+    assert ours["metadata"]["annotations"] == existing_job(COMPLETE)["metadata"]["annotations"]
+
+
+@pytest.mark.parametrize(
+    "annotations, owner",
+    [
+        ({trainjob.RUN_ID_ANNOTATION: "another-run", trainjob.ATTEMPT_ANNOTATION: "x"}, "'another-run'"),
+        ({}, "no ctp run"),
+    ],
+)
+@pytest.mark.parametrize("status", [COMPLETE, RUNNING, FAILED])
+def test_another_runs_job_under_the_name_is_never_adopted_or_deleted(annotations, owner, status):
+    api = FakeCustomObjectsApi([COMPLETE], existing=existing_job(status, annotations=annotations))
+    with pytest.raises(TrainJobError) as err:
+        run(api)
+    assert err.value.code == "TRAINJOB_NAME_TAKEN" and owner in err.value.message and RUN_ID in err.value.message
+    assert "another run id" in err.value.hint and f"kubectl delete trainjobs.trainer.kubeflow.org -n ml {NAME}" in (
+        err.value.hint
+    )
+    assert api.deleted == [] and len(api.created) == 1
+
+
+def test_a_job_of_this_run_still_terminating_is_waited_out():
+    existing = existing_job(COMPLETE, config_digest="cfg-0")
+    existing["metadata"]["deletionTimestamp"] = T0
+    api = FakeCustomObjectsApi([COMPLETE], existing=existing)
+    api.jobs[NAME]["gone_in"] = 3
+    status, clock = run(api)
+    assert status == COMPLETE and api.deleted == [("ml", NAME)] and clock.now == 20  # only ours is deleted
