@@ -9,6 +9,7 @@ from components._shared.errors import CtpError
 from pipelines.cli.data import data
 from pipelines.cli.kfp import schedule_command, submit_command, upload_command
 from pipelines.cli.local import compile_command, run_command
+from pipelines.cli.log import log
 from pipelines.cli.models import models
 from pipelines.cli.monitor import monitor_command
 from pipelines.cli.simulate import simulate
@@ -47,6 +48,7 @@ for command in (
     submit_command,
     schedule_command,
     monitor_command,
+    log,
     models,
     simulate,
     store,
