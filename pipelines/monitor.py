@@ -95,6 +95,7 @@ class MonitorOutcome:
     dedupe_key: str = ""
     run_id: str = ""
     handle: str = ""
+    report: dict | None = dataclasses.field(default=None, repr=False, compare=False)  # the check's report (metrics)
 
     def one_line(self) -> str:
         parts = [f"monitor: {self.action}: {self.reason}"]
@@ -167,7 +168,7 @@ def monitor(store: Store, config: MonitorConfig, target: RunTarget | None) -> Mo
     key = dedupe_key(report)
     report_key = f"{monitor_prefix(config.model_name)}reports/{new_version_id()}.json"
     store.put_json(report_key, {**report, "dedupe_key": key}, create_only=True)
-    found = dict(report_uri=store.describe(report_key), dedupe_key=key)
+    found = dict(report_uri=store.describe(report_key), dedupe_key=key, report=report)
     decision = report["drift"]["decision"]
     if not report["drift"]["is_drift"]:
         return MonitorOutcome("no_drift", f"{decision} over traffic batches {report['window']['batches']}", **found)

@@ -7,6 +7,7 @@ from components._shared.store import DEFAULT_STORE
 from components.train.config import TrainConfig
 from pipelines.cli.kfp import cluster_store, connect, data_options, kfp_options, pipeline_ref
 from pipelines.local_run import LOCAL_NPROC_PER_NODE, LOCAL_PIPELINE_ROOT
+from pipelines.metrics import JOB_MONITOR, failure_metrics, monitor_metrics, pushgateway_option
 from pipelines.monitor import MonitorConfig
 
 
@@ -34,6 +35,7 @@ from pipelines.monitor import MonitorConfig
     "--nproc-per-node", default=LOCAL_NPROC_PER_NODE, show_default=True, help="With --local: torchrun processes."
 )
 @click.option("--pipeline-root", default=LOCAL_PIPELINE_ROOT, show_default=True, help="With --local.")
+@pushgateway_option
 def monitor_command(
     kfp,
     store_uri,
@@ -48,6 +50,7 @@ def monitor_command(
     epochs,
     nproc_per_node,
     pipeline_root,
+    pushgateway,
 ):
     """Compare recent traffic with the champion's reference; on drift, start one run per evidence.
 
@@ -76,7 +79,12 @@ def monitor_command(
                 params={"epochs": epochs, "nproc_per_node": nproc_per_node},
             )
         )
-    outcome = monitor(store, config, target)
+    try:
+        outcome = monitor(store, config, target)
+    except BaseException as err:
+        failure_metrics(JOB_MONITOR, model_name, getattr(err, "code", "UNEXPECTED")).push(pushgateway)
+        raise
+    monitor_metrics(model_name, outcome).push(pushgateway)
     if to_local and outcome.action == "submitted":
         click.echo(target.summary)
     click.echo(outcome.one_line())
