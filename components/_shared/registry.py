@@ -19,7 +19,8 @@ from components._shared.errors import IntegrityError, StoreKeyError, StoreNotFou
 from components._shared.store import Store, check_key, json_bytes, sha256_bytes
 
 CHAMPION, CANARY, PREVIOUS = "champion", "canary", "previous"
-ARTIFACT_SUFFIXES = (".safetensors", ".onnx", ".json", ".npy")  # none of them can carry code
+# None of them can carry code; .pbtxt is Triton's model configuration (protobuf text format).
+ARTIFACT_SUFFIXES = (".safetensors", ".onnx", ".json", ".npy", ".pbtxt")
 _CODE_CARRIERS = {b"\x80": "a pickle", b"PK\x03\x04": "a zip (torch.save) archive"}  # by leading bytes
 
 
@@ -37,6 +38,13 @@ def screen_artifact(name: str, data: bytes) -> None:
     for magic, what in _CODE_CARRIERS.items():
         if data.startswith(magic):
             raise _refuse(name, f"the file is {what}")
+    if name.endswith(".pbtxt"):
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError:
+            text = "\0"
+        if "\0" in text:
+            raise _refuse(name, "the file is not protobuf text (not UTF-8 text)")
 
 
 def check_artifact(name: str, data: bytes) -> None:
@@ -83,6 +91,15 @@ def _name(value: str, what: str) -> str:
         raise StoreKeyError(f"{what} name {value[:80]!r} is unsafe: {err.message}", hint=err.hint) from None
 
 
+def _file_name(value: str) -> str:
+    """A file of a version: one or more safe segments (``triton/<model>/1/model.onnx``)."""
+    if not isinstance(value, str) or not value or value.startswith("/") or value.endswith("/"):
+        raise StoreKeyError(f"file name {str(value)[:80]!r} must be a relative path")
+    for segment in value.split("/"):
+        _name(segment, "file")
+    return value
+
+
 def new_version_id() -> str:
     """Sortable by creation time, unique across concurrent runs: 48 random bits (24 collided
     about once in ten times among 2,000 ids made in one second)."""
@@ -106,10 +123,13 @@ class Registry:
         return f"{self.root}versions/{_name(version, 'version')}/"
 
     def publish(self, version: str, files: dict[str, Path], card: dict) -> dict:
-        """Blobs first (create-only), then the card: a reader never sees half a version."""
+        """Blobs first (create-only), then the card: a reader never sees half a version.
+
+        File names may be relative paths (the Triton model repository under ``triton/``); the
+        card lists every file with its sha256."""
         prefix = self.version_prefix(version)
         for name in files:
-            _name(name, "file")
+            _file_name(name)
         digests = {}
         for name, path in sorted(files.items()):
             data = Path(path).read_bytes()
@@ -134,7 +154,7 @@ class Registry:
     def read_verified(self, version: str, name: str) -> bytes:
         """One blob of a version, verified against the card's sha256 and checked to be the safe
         format its name says (UnsafeArtifactError otherwise)."""
-        data = self.store.get_bytes(self.version_prefix(version) + name)
+        data = self.store.get_bytes(self.version_prefix(version) + _file_name(name))
         expected = self.card(version)["files"].get(name)
         if expected != sha256_bytes(data):
             raise IntegrityError(f"{self.model}:{version}/{name} does not match its card checksum")
@@ -215,11 +235,10 @@ class Registry:
             self._settle_previous(etag, expected_champion.version, run_id=run_id, reason=f"displaced by {version}")
         return True
 
-    def rollback(self, *, run_id: str, reason: str) -> str:
-        """champion <- the version the champion displaced. Returns the restored version.
-
-        The target comes from the champion alias itself (its ``from``), read together with the
-        ETag the move is conditioned on, so a rollback never restores a stale ``previous``."""
+    def rollback_plan(self) -> tuple[AliasRef | None, str]:
+        """(the champion as read, the version a rollback restores). The target comes from the
+        champion alias itself (its ``from``), read together with the ETag the move is conditioned
+        on, so a rollback never restores a stale ``previous``."""
         found = self.store.get_json_with_etag(self._alias_key(CHAMPION))
         champion = None if found is None else AliasRef(found[0].get("version"), found[1])
         if found is not None and "from" in found[0]:
@@ -229,6 +248,12 @@ class Registry:
             target = previous.version if previous else None
         if not target:
             raise StoreNotFound(f"model {self.model} has no previous version to roll back to")
+        return champion, target
+
+    def rollback(self, *, run_id: str, reason: str, plan: tuple[AliasRef | None, str] | None = None) -> str:
+        """champion <- the version the champion displaced (``plan``: a rollback_plan read
+        earlier, e.g. before serving was moved to its target). Returns the restored version."""
+        champion, target = plan or self.rollback_plan()
         etag = self._move(CHAMPION, target, champion, run_id=run_id, reason=reason)
         if etag is None:
             raise StoreNotFound("champion moved during rollback; retry")

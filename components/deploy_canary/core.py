@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from components._shared.dataset import decode_images, list_batches
+from components._shared.model import triton
 from components._shared.model.files import META_FILE, MODEL_FILES, ONNX_FILE
 from components._shared.model.serving import onnx_probabilities
 from components._shared.registry import CANARY, CHAMPION, Registry, new_version_id, utc_now
@@ -183,7 +184,9 @@ def deploy(store: Store, challenger_dir: Path, card: dict, config: DeployConfig,
     run_id = card["run_id"]
     champion_ref = registry.alias(CHAMPION)
     version = new_version_id()
-    registry.publish(version, {name: challenger_dir / name for name in MODEL_FILES}, card)
+    with tempfile.TemporaryDirectory() as tmp:  # the version carries Triton's model repository too
+        files = {name: challenger_dir / name for name in MODEL_FILES}
+        registry.publish(version, {**files, **triton.repository(config.model_name, files[ONNX_FILE], Path(tmp))}, card)
     registry.move_alias(CANARY, version, registry.alias(CANARY), run_id=run_id, reason="canary analysis")
     with tempfile.TemporaryDirectory() as tmp:
         champion_onnx = None

@@ -6,6 +6,21 @@ The InferenceService is built with the kubernetes client's models and sent throu
 ServiceAccount ``ctp-kserve`` (manifests/base), which names the S3 Secret the cluster admin
 creates once (manifests/README.md): the step never sees or writes credentials, so the runner Role
 needs no access to Secrets. Patches are JSON merge patches: ``null`` removes a field.
+
+Serving runtime: KServe's stock runtime for ``modelFormat: onnx`` is Triton
+(``kserve-tritonserver`` ClusterServingRuntime: supportedModelFormats onnx, protocolVersions
+v2/grpc-v2, KServe config/runtimes/kserve-tritonserver.yaml). A predictor without
+``protocolVersion`` asks for v1 (ModelSpec.GetProtocol, pkg/apis/serving/v1beta1/
+predictor_model.go) and no runtime matches, so the model says ``protocolVersion: v2``. The
+storage URI is the version's Triton model repository (components/_shared/model/triton.py).
+
+Readiness (``wait_ready``): KServe copies ``status.observedGeneration`` from the Knative Service
+(serverless) or the Deployment (raw) it manages, not from the InferenceService's own
+``metadata.generation`` (pkg/apis/serving/v1beta1/inference_service_status.go, PropagateStatus and
+PropagateRawStatus), so the two counters cannot be compared. A patch that changes the model
+changes the predictor's pod template; it has been reconciled when the child's generation moved
+past the one seen before the patch and, in serverless mode, a new revision exists and is the
+latest ready one (ComponentStatusSpec latestCreatedRevision == latestReadyRevision).
 """
 
 from __future__ import annotations
@@ -19,7 +34,9 @@ from typing import Protocol
 
 import numpy as np
 
-from components._shared.errors import ConfigError
+from components._shared.cluster import RUN_AS_UID
+from components._shared.errors import ConfigError, CtpError
+from components._shared.model import triton
 from components._shared.model.serving import onnx_probabilities
 from components._shared.store import Store, read_parquet
 from components.deploy_canary.config import DeployConfig, KServeConfig
@@ -38,43 +55,98 @@ P99_LATENCY_QUERY = (
 )
 
 
+POD_LABELS = {"app.kubernetes.io/part-of": "ctp", "app.kubernetes.io/component": "predictor"}
+VERSION_ANNOTATION = "ctp.dev/version"
+READY_POLL_SECONDS = 5.0
+
+
 def storage_uri(store_uri: str, model: str, version: str) -> str:
-    """The version's folder on MinIO; KServe's ONNX runtime loads the model.onnx inside it."""
+    """The version's Triton model repository on S3 (``<model>/1/model.onnx`` and
+    ``<model>/config.pbtxt`` inside it): KServe downloads it to /mnt/models, Triton's
+    ``--model-store``."""
     if not store_uri.startswith("s3://"):
         raise ConfigError(
             f"store {store_uri} is not on S3; KServe can only load models from s3://",
             hint="run with --store s3://bucket/prefix, or deploy_target=local",
         )
-    return f"{store_uri.rstrip('/')}/models/{model}/versions/{version}/"
+    return f"{store_uri.rstrip('/')}/models/{model}/versions/{version}/{triton.REPOSITORY_DIR}/"
 
 
 def inference_service(config: KServeConfig, uri: str, version: str) -> dict:
     from kubernetes import client
 
     metadata = client.V1ObjectMeta(
-        name=config.name,
-        namespace=config.namespace,
-        labels={"app.kubernetes.io/part-of": "ctp"},
-        annotations={"ctp.dev/version": version},
+        name=config.name, namespace=config.namespace, labels=dict(POD_LABELS), annotations={VERSION_ANNOTATION: version}
     )
+    pod_security = client.V1PodSecurityContext(
+        run_as_non_root=True, run_as_user=RUN_AS_UID, seccomp_profile=client.V1SeccompProfile(type="RuntimeDefault")
+    )
+    container_security = client.V1SecurityContext(
+        allow_privilege_escalation=False, capabilities=client.V1Capabilities(drop=["ALL"])
+    )
+    serialize = client.ApiClient().sanitize_for_serialization
     return {
         "apiVersion": f"{GROUP}/{VERSION}",
         "kind": KIND,
-        "metadata": client.ApiClient().sanitize_for_serialization(metadata),
+        "metadata": serialize(metadata),
         "spec": {
             "predictor": {
                 "serviceAccountName": config.service_account,
-                "model": {"modelFormat": {"name": "onnx"}, "storageUri": uri},
+                "labels": dict(POD_LABELS),  # ComponentExtensionSpec: added to the predictor pods
+                "annotations": {"sidecar.istio.io/inject": "false"},
+                "securityContext": serialize(pod_security),  # PredictorSpec inlines a PodSpec
+                "model": {
+                    "modelFormat": {"name": "onnx"},
+                    "protocolVersion": "v2",  # the Triton runtime speaks v2 and grpc-v2 only
+                    "storageUri": uri,
+                    # ModelSpec inlines a Container, merged over the runtime's kserve-container
+                    "securityContext": serialize(container_security),
+                },
             }
         },
     }
 
 
-def canary_patch(uri: str, version: str, percent: int) -> dict:
+def canary_patch(uri: str, version: str, percent: int | None) -> dict:
+    """Serve ``uri``: with ``percent`` of the traffic (a canary), or all of it (None)."""
     return {
-        "metadata": {"annotations": {"ctp.dev/version": version}},
+        "metadata": {"annotations": {VERSION_ANNOTATION: version}},
         "spec": {"predictor": {"canaryTrafficPercent": percent, "model": {"storageUri": uri}}},
     }
+
+
+def served(isvc: dict) -> tuple[str | None, str | None, int | None]:
+    """(storage URI, ctp version, canaryTrafficPercent) an InferenceService's spec serves."""
+    predictor = isvc.get("spec", {}).get("predictor", {})
+    version = isvc.get("metadata", {}).get("annotations", {}).get(VERSION_ANNOTATION)
+    return predictor.get("model", {}).get("storageUri"), version, predictor.get("canaryTrafficPercent")
+
+
+def not_ready_reason(isvc: dict | None, before: dict | None, new_revision: bool = True) -> str | None:
+    """None when ``isvc`` serves its current spec; else why not. ``before``: the object as read
+    just before the create or patch being waited for (None after a create); ``new_revision``:
+    the patch changed the model (the pod template), not only the traffic split."""
+    if isvc is None:
+        return "the InferenceService does not exist"
+    status = isvc.get("status") or {}
+    conditions = {c.get("type"): c for c in status.get("conditions", [])}
+    predictor = (status.get("components") or {}).get("predictor") or {}
+    if before is not None:
+        seen = before.get("status") or {}
+        if int(status.get("observedGeneration") or 0) <= int(seen.get("observedGeneration") or 0):
+            return f"not reconciled yet (observedGeneration {status.get('observedGeneration')})"
+        old_revision = ((seen.get("components") or {}).get("predictor") or {}).get("latestCreatedRevision")
+        if new_revision and old_revision and predictor.get("latestCreatedRevision") == old_revision:
+            return f"no new predictor revision yet (latest {old_revision})"
+    if predictor.get("latestCreatedRevision") != predictor.get("latestReadyRevision"):
+        return (
+            f"predictor revision {predictor.get('latestCreatedRevision')} not ready "
+            f"(ready: {predictor.get('latestReadyRevision')})"
+        )
+    ready = conditions.get("Ready", {})
+    if ready.get("status") != "True":
+        return f"Ready={ready.get('status', 'Unknown')}" + (f": {ready['message']}" if ready.get("message") else "")
+    return None
 
 
 PROMOTE_PATCH = {"spec": {"predictor": {"canaryTrafficPercent": None}}}  # the canary takes all traffic
@@ -150,13 +222,22 @@ class KServeRollout:
         *,
         sleep: Callable[[float], None] = time.sleep,
         opener: Callable = urllib.request.urlopen,
+        poll: Callable[[float], None] = time.sleep,
+        clock: Callable[[], float] = time.monotonic,
     ):
+        """``sleep`` waits out a canary interval; ``poll`` and ``clock`` pace and time the
+        readiness checks."""
         self.custom, self.config = custom_api, config
         self.predictions, self.sleep, self.opener = predictions, sleep, opener
-        self.created = False
+        self.poll, self.clock = poll, clock
+        self.created, self.before = False, None
 
     def _isvc(self, **kwargs):
         return dict(group=GROUP, version=VERSION, namespace=self.config.namespace, plural=PLURAL, **kwargs)
+
+    def identity(self) -> dict:
+        """Where serving is, recorded in the decision (``ctp models promote|rollback`` read it)."""
+        return {"namespace": self.config.namespace, "name": self.config.name}
 
     def current(self) -> dict | None:
         from kubernetes.client.exceptions import ApiException
@@ -170,24 +251,94 @@ class KServeRollout:
 
     def start(self, uri: str, version: str) -> None:
         """Create the InferenceService (first model) or patch it to canary the new version."""
-        if self.current() is None:
+        self.before = self.current()
+        if self.before is None:
             self.custom.create_namespaced_custom_object(**self._isvc(body=inference_service(self.config, uri, version)))
             self.created = True
         else:
-            self.custom.patch_namespaced_custom_object(
-                **self._isvc(name=self.config.name, body=canary_patch(uri, version, self.config.canary_percent))
-            )
+            self.patch(canary_patch(uri, version, self.config.canary_percent))
 
-    def wait_ready(self) -> dict | None:
-        """The InferenceService status once Ready=True, or None at the timeout."""
-        deadline = time.monotonic() + self.config.ready_timeout_seconds
+    def patch(self, body: dict) -> dict:
+        return self.custom.patch_namespaced_custom_object(**self._isvc(name=self.config.name, body=body))
+
+    def wait_ready(self, before: dict | None = None, new_revision: bool = True) -> dict | None:
+        """The InferenceService status once it serves its current spec (not_ready_reason), or
+        None at the timeout (``self.last_reason`` says why). ``before``: the object as read
+        just before the create or patch (default: the one ``start`` read)."""
+        before = self.before if before is None else before
+        deadline = self.clock() + self.config.ready_timeout_seconds
         while True:
-            status = (self.current() or {}).get("status", {})
-            if any(c.get("type") == "Ready" and c.get("status") == "True" for c in status.get("conditions", [])):
-                return status
-            if time.monotonic() >= deadline:
+            isvc = self.current()
+            self.last_reason = not_ready_reason(isvc, before, new_revision)
+            if self.last_reason is None:
+                return isvc["status"]
+            if self.clock() >= deadline:
                 return None
-            self.sleep(min(5.0, self.config.interval_seconds or 5.0))
+            self.poll(READY_POLL_SECONDS)
+
+    def switch(self, uri: str, version: str) -> dict:
+        """Serve ``uri`` with all the traffic and wait until it does; on any failure after the
+        patch, put back what was served (KSERVE_NOT_READY). Returns the object it replaced."""
+        before = self.current()
+        if before is None:
+            raise CtpError(
+                f"InferenceService {self.config.namespace}/{self.config.name} does not exist",
+                code="KSERVE_NOT_FOUND",
+                hint="the first canary deploy with deploy_target=kserve creates it; check --kserve-namespace",
+            )
+        old_uri, _, percent = served(before)
+        if (old_uri, percent) == (uri, None):  # already serving it: nothing to patch, only to check
+            self.last_reason = not_ready_reason(before, None)
+            if self.last_reason is None:
+                return before
+            raise CtpError(
+                f"InferenceService {self.config.namespace}/{self.config.name} serves {version} but is not "
+                f"ready ({self.last_reason})",
+                code="KSERVE_NOT_READY",
+                hint="nothing was changed; kubectl describe inferenceservice",
+            )
+        self._try_patch(canary_patch(uri, version, None), "switching to " + version)
+        if self.wait_ready(before, new_revision=old_uri != uri) is not None:
+            return before
+        why = self.last_reason
+        restored = self.restore(before, version)
+        raise CtpError(
+            f"InferenceService {self.config.namespace}/{self.config.name} not serving {version} within "
+            f"{self.config.ready_timeout_seconds:.0f} s ({why}); {restored}",
+            code="KSERVE_NOT_READY",
+            hint="kubectl describe inferenceservice; check the model files and the S3 Secret (manifests/README.md)",
+        )
+
+    def restore(self, before: dict, ours: str) -> str:
+        """Patch back the storage URI, version and canary share ``before`` had, unless someone
+        changed the InferenceService after us (then theirs stays). Says what it did."""
+        from kubernetes.client.exceptions import ApiException
+
+        now = self.current() or {}
+        if served(now)[1] != ours:
+            return f"left as it is: it now serves {served(now)[1]}, not ours"
+        uri, version, percent = served(before)
+        body = canary_patch(uri, version, percent)
+        body["metadata"]["resourceVersion"] = now["metadata"].get("resourceVersion")  # a precondition
+        try:
+            self.patch(body)
+        except ApiException as err:
+            return f"restoring {version} failed ({err.status} {err.reason}); check it by hand"
+        ready = self.wait_ready(now, new_revision=served(now)[0] != uri) is not None
+        return f"restored {version}" + ("" if ready else f" (not Ready yet: {self.last_reason})")
+
+    def _try_patch(self, body: dict, what: str) -> None:
+        from kubernetes.client.exceptions import ApiException
+
+        try:
+            self.patch(body)
+        except ApiException as err:
+            raise CtpError(
+                f"patching InferenceService {self.config.namespace}/{self.config.name} ({what}) failed: "
+                f"{err.status} {err.reason}",
+                code="KSERVE_PATCH_FAILED",
+                hint="nothing was changed; check the Role (patch inferenceservices) and the object",
+            ) from None
 
     def serving_checks(self, revision: str) -> dict:
         """Error rate and p99 latency of the canary revision, when Prometheus is configured."""
@@ -214,12 +365,18 @@ class KServeRollout:
             return {
                 "decision": "rollback",
                 "storage_uri": uri,
+                "inference_service": self.identity(),
                 "reason": f"InferenceService {self.config.name} "
-                f"not Ready within {self.config.ready_timeout_seconds:.0f} s (check the S3 Secret behind "
-                f"ServiceAccount {self.config.service_account}: manifests/README.md)",
+                f"not Ready within {self.config.ready_timeout_seconds:.0f} s ({self.last_reason}; check the S3 "
+                f"Secret behind ServiceAccount {self.config.service_account}: manifests/README.md)",
             }
         if champion_onnx is None:
-            return {"decision": "promote", "storage_uri": uri, "reason": "first model: InferenceService Ready"}
+            return {
+                "decision": "promote",
+                "storage_uri": uri,
+                "inference_service": self.identity(),
+                "reason": "first model: InferenceService Ready",
+            }
         revision = status.get("components", {}).get("predictor", {}).get("latestCreatedRevision", "")
         intervals = []
         for index in range(self.config.intervals):
@@ -237,6 +394,7 @@ class KServeRollout:
             "decision": last["decision"],
             "reason": reason,
             "storage_uri": uri,
+            "inference_service": self.identity(),
             "revision": revision,
             "canary_percent": self.config.canary_percent,
             "intervals": intervals,

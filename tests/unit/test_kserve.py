@@ -15,6 +15,7 @@ import pytest
 import yaml
 from kubernetes.client.exceptions import ApiException
 
+from components._shared.cluster import RUN_AS_UID
 from components._shared.dataset import ID, images_to_array
 from components._shared.errors import ConfigError
 from components._shared.model.files import META_FILE, ONNX_FILE
@@ -31,6 +32,7 @@ from components.deploy_canary.kserve import (
     KServeRollout,
     StorePredictionLog,
     inference_service,
+    not_ready_reason,
     storage_uri,
 )
 
@@ -52,12 +54,30 @@ def merge_patch(target, patch):
 
 
 class FakeKubernetesApi:  # no Kubernetes API server or KServe exists here
-    """CustomObjectsApi stand-in: stores objects, applies merge patches, validates every stored
-    InferenceService against the KServe schema, records every call in order. Any other API
-    method (a Secret, a ServiceAccount, ...) is recorded as unexpected and fails the call."""
+    """CustomObjectsApi stand-in that behaves as the API server and KServe's serverless
+    controller do for what ctp reads; records every call in order and validates every stored
+    InferenceService against the KServe schema. Any other API method (a Secret, a
+    ServiceAccount, ...) is recorded as unexpected and fails the call.
 
-    def __init__(self, ready: bool = True):
-        self.ready, self.revision, self.calls, self.objects = ready, 0, [], {}
+    API server (a CRD with the status subresource): ``metadata.generation`` is 1 on create and
+    moves on every change of ``spec`` (not of metadata); ``resourceVersion`` moves on every
+    write; a merge patch carrying a stale ``metadata.resourceVersion`` is refused with 409.
+
+    KServe controller (kserve/kserve v0.15.2): it reconciles ``lag`` GETs after a write; until
+    then the status is the old one, a stale Ready=True right after a patch. Reconciling derives
+    the predictor's Knative Service (the predictor minus canaryTrafficPercent is its pod
+    template, with minReplicas defaulted to 1 as pkg/controller/v1alpha1/utils/utils.go does;
+    canaryTrafficPercent is its traffic). The Knative Service's generation moves when that
+    derived spec changes, a changed template creates a new revision, and KServe copies the
+    Knative Service's observedGeneration into the InferenceService status
+    (pkg/apis/serving/v1beta1/inference_service_status.go PropagateStatus). A revision whose model
+    does not load (``ready`` False, or its storage URI in ``broken``) never becomes
+    latestReadyRevision, and Ready is False while it is the latest created one."""
+
+    def __init__(self, ready: bool = True, lag: int = 0):
+        self.ready, self.lag, self.calls, self.objects = ready, lag, [], {}
+        self.broken, self.children, self.pending, self.resource_version = set(), {}, {}, 0
+        self.patch_error = None  # an ApiException the next patch raises
 
     def __getattr__(self, method):
         if method.startswith("_"):
@@ -77,33 +97,85 @@ class FakeKubernetesApi:  # no Kubernetes API server or KServe exists here
         self.calls.append(("get", name, None))
         if name not in self.objects:
             raise ApiException(status=404, reason="Not Found")
+        if self.pending.get(name, 0) > 0:
+            self.pending[name] -= 1
+        elif name in self.pending:
+            del self.pending[name]
+            self.reconcile(name)
         return copy.deepcopy(self.objects[name])
 
     def create_namespaced_custom_object(self, group, version, namespace, plural, body):
         self._check(group, version, plural)
         self.calls.append(("create", body["metadata"]["name"], copy.deepcopy(body)))
-        self._store(copy.deepcopy(body))
+        obj = copy.deepcopy(body)
+        obj["metadata"]["generation"] = 1
+        self._store(obj)
+        return copy.deepcopy(obj)
 
     def patch_namespaced_custom_object(self, group, version, namespace, plural, name, body):
         self._check(group, version, plural)
         self.calls.append(("patch", name, copy.deepcopy(body)))
-        self._store(merge_patch(self.objects[name], body))
+        if self.patch_error is not None:
+            error, self.patch_error = self.patch_error, None
+            raise error
+        old = self.objects[name]
+        body = copy.deepcopy(body)
+        precondition = body.get("metadata", {}).pop("resourceVersion", None)
+        if precondition is not None and precondition != old["metadata"]["resourceVersion"]:
+            raise ApiException(status=409, reason="Conflict")
+        obj = merge_patch(old, body)
+        obj["status"] = old.get("status")  # the status subresource: a patch of the object cannot change it
+        if obj["spec"] != old["spec"]:
+            obj["metadata"]["generation"] = old["metadata"]["generation"] + 1
+        self._store(obj)
+        return copy.deepcopy(obj)
 
     def delete_namespaced_custom_object(self, group, version, namespace, plural, name):
         self._check(group, version, plural)
         self.calls.append(("delete", name, None))
         del self.objects[name]
+        self.children.pop(name, None)
+        self.pending.pop(name, None)
 
     def _store(self, obj):
-        obj.pop("status", None)
+        status = obj.pop("status", None)
         jsonschema.validate(obj, SCHEMA)
-        self.revision += 1
+        self.resource_version += 1
+        obj["metadata"]["resourceVersion"] = str(self.resource_version)
+        if status is not None:
+            obj["status"] = status
         name = obj["metadata"]["name"]
-        obj["status"] = {
-            "conditions": [{"type": "Ready", "status": "True" if self.ready else "False"}],
-            "components": {"predictor": {"latestCreatedRevision": f"{name}-predictor-{self.revision:05d}"}},
-        }
         self.objects[name] = obj
+        self.pending[name] = self.lag
+
+    def reconcile(self, name, template_change: dict | None = None):
+        """KServe's controller, once: derive the Knative Service, move its generation and
+        revisions, copy its status. ``template_change``: fields KServe itself adds to the pod
+        template (a changed inferenceservice-config, e.g. after a KServe upgrade)."""
+        predictor = self.objects[name]["spec"]["predictor"]
+        child = self.children.setdefault(name, {"generation": 0, "spec": None, "revisions": [], "ready": None})
+        template = {k: v for k, v in predictor.items() if k != "canaryTrafficPercent"}
+        template = {"minReplicas": 1, **template, **(template_change or child.get("extra") or {})}
+        child["extra"] = template_change or child.get("extra")
+        spec = {"template": template, "traffic": predictor.get("canaryTrafficPercent")}
+        if spec != child["spec"]:
+            child["generation"] += 1
+            if child["spec"] is None or template != child["spec"]["template"]:
+                revision = f"{name}-predictor-{len(child['revisions']) + 1:05d}"
+                child["revisions"].append(revision)
+                if self.ready and predictor["model"]["storageUri"] not in self.broken:
+                    child["ready"] = revision
+            child["spec"] = spec
+        latest = child["revisions"][-1]
+        predictor_status = {"latestCreatedRevision": latest}
+        if child["ready"]:
+            predictor_status["latestReadyRevision"] = child["ready"]
+        ready = "True" if child["ready"] == latest else "False"
+        self.objects[name]["status"] = {
+            "observedGeneration": child["generation"],
+            "conditions": [{"type": "PredictorReady", "status": ready}, {"type": "Ready", "status": ready}],
+            "components": {"predictor": predictor_status},
+        }
 
 
 class FakePrometheus:  # no Prometheus exists here: answers /api/v1/query like Prometheus does
@@ -169,19 +241,55 @@ class LiveTraffic:
         )
 
 
+class FakeClock:
+    """time.monotonic and the readiness poll's sleep: polling advances the clock, nothing waits."""
+
+    def __init__(self):
+        self.now, self.polls = 0.0, []
+
+    def __call__(self):
+        return self.now
+
+    def poll(self, seconds):
+        self.polls.append(seconds)
+        self.now += seconds
+
+
 def rollout_for(api, store, model_dir, config=CONFIG, **kwargs):
-    traffic = LiveTraffic(api, store, model_dir)
+    traffic, clock = LiveTraffic(api, store, model_dir), FakeClock()
+    kwargs = {"poll": clock.poll, "clock": clock, **kwargs}
     return KServeRollout(api, config, StorePredictionLog(store, "digits"), sleep=traffic, **kwargs), traffic
 
 
 def test_objects_match_the_inferenceservice_schema():
+    """The InferenceService validates against KServe's v1beta1 CRD schema (the fields ctp sends,
+    copied from kserve/kserve v0.15.2 config/crd/full/serving.kserve.io_inferenceservices.yaml:
+    tests/unit/schemas). PredictorSpec inlines a PodSpec (securityContext) and
+    ComponentExtensionSpec (labels, annotations: "added to the component pod", pkg/apis/serving/
+    v1beta1/component.go); ModelSpec inlines PredictorExtensionSpec, which inlines a
+    corev1.Container (securityContext) and carries protocolVersion (pkg/apis/serving/v1beta1/
+    predictor.go). The storage URI is the version's Triton model repository."""
     uri = storage_uri("s3://ctp/ctp", "digits", "v1")
-    assert uri == "s3://ctp/ctp/models/digits/versions/v1/"
+    assert uri == "s3://ctp/ctp/models/digits/versions/v1/triton/"
     isvc = inference_service(CONFIG, uri, "v1")
     jsonschema.validate(isvc, SCHEMA)
+    labels = {"app.kubernetes.io/part-of": "ctp", "app.kubernetes.io/component": "predictor"}
+    assert isvc["metadata"]["labels"] == labels
     assert isvc["spec"] == {
-        "predictor": {"serviceAccountName": "ctp-kserve", "model": {"modelFormat": {"name": "onnx"}, "storageUri": uri}}
+        "predictor": {
+            "serviceAccountName": "ctp-kserve",
+            "labels": labels,
+            "annotations": {"sidecar.istio.io/inject": "false"},
+            "securityContext": {"runAsNonRoot": True, "runAsUser": 10001, "seccompProfile": {"type": "RuntimeDefault"}},
+            "model": {
+                "modelFormat": {"name": "onnx"},
+                "protocolVersion": "v2",
+                "storageUri": uri,
+                "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}},
+            },
+        }
     }
+    assert isvc["spec"]["predictor"]["securityContext"]["runAsUser"] == RUN_AS_UID
     with pytest.raises(jsonschema.ValidationError):  # the schema really rejects a misspelt field
         jsonschema.validate(merge_patch(isvc, {"spec": {"predictor": {"canaryTraficPercent": 10}}}), SCHEMA)
     with pytest.raises(ConfigError):
@@ -212,12 +320,14 @@ def test_predictor_runs_as_the_committed_service_account_and_no_secret_is_sent(s
 def test_first_model_creates_the_inferenceservice_and_becomes_champion(s3_store, models):
     api = FakeKubernetesApi()
     record = first_deploy(api, s3_store, models)
-    uri = f"{s3_store.uri}/models/digits/versions/{record['version']}/"
+    uri = f"{s3_store.uri}/models/digits/versions/{record['version']}/triton/"
     assert [(verb, name) for verb, name, _ in api.calls] == [("get", "digits"), ("create", "digits"), ("get", "digits")]
     assert api.calls[1][2] == inference_service(CONFIG, uri, record["version"])
     assert record["decision"] == "promote" and record["target"] == "kserve"
+    assert record["analysis"]["inference_service"] == {"namespace": "ml", "name": "digits"}
     assert Registry(s3_store, "digits").alias(CHAMPION).version == record["version"]
-    assert s3_store.exists(f"models/digits/versions/{record['version']}/model.onnx")  # what KServe loads
+    repository = f"models/digits/versions/{record['version']}/triton/"  # what KServe downloads for Triton
+    assert s3_store.list(repository) == [repository + "digits/1/model.onnx", repository + "digits/config.pbtxt"]
 
 
 def test_good_canary_is_watched_for_every_interval_then_promoted(s3_store, models):
@@ -226,7 +336,7 @@ def test_good_canary_is_watched_for_every_interval_then_promoted(s3_store, model
     api.calls.clear()
     rollout, traffic = rollout_for(api, s3_store, models / "good")
     second = deploy(s3_store, models / "good", card(models / "good", first["version"], "r2"), DeployConfig(), rollout)
-    uri = f"{s3_store.uri}/models/digits/versions/{second['version']}/"
+    uri = f"{s3_store.uri}/models/digits/versions/{second['version']}/triton/"
     assert api.calls == [
         ("get", "digits", None),
         (
@@ -304,3 +414,139 @@ def test_inferenceservice_never_ready_rolls_back(s3_store, models):
     assert [verb for verb, _, _ in api.calls] == ["get", "create", "get", "delete"]  # nothing was served before
     assert Registry(s3_store, "digits").alias(CHAMPION) is None
     assert PROMOTE_PATCH not in [body for _, _, body in api.calls]
+
+
+# ----------------------------------------------------------------------------- runtime selection
+# kserve/kserve v0.15.2 config/runtimes/kserve-tritonserver.yaml, the only stock runtime that
+# lists onnx (supportedModelFormats: name, autoSelect) and the protocols it speaks.
+TRITON_RUNTIME = {
+    "name": "kserve-tritonserver",
+    "formats": {"tensorrt", "tensorflow", "onnx", "triton"},  # autoSelect: true (pytorch is not)
+    "protocols": {"v2", "grpc-v2"},
+}
+
+
+def supporting_runtimes(model: dict, runtimes=(TRITON_RUNTIME,)) -> list[str]:
+    """ModelSpec.GetSupportingRuntimes (pkg/apis/serving/v1beta1/predictor_model.go): a runtime
+    serves the model when it auto-selects the model's format and supports its protocol, which is
+    ``v1`` when the model names none (ModelSpec.GetProtocol)."""
+    protocol = model.get("protocolVersion", "v1")
+    return [r["name"] for r in runtimes if model["modelFormat"]["name"] in r["formats"] and protocol in r["protocols"]]
+
+
+def test_the_onnx_model_finds_the_triton_runtime_only_with_protocol_v2():
+    """KServe's stock runtime for ONNX is Triton, v2/grpc-v2 only (kserve/kserve v0.15.2
+    config/runtimes/kserve-tritonserver.yaml); a model without protocolVersion asks for v1
+    (pkg/apis/serving/v1beta1/predictor_model.go GetProtocol) and no runtime matches: the old
+    InferenceService was never served."""
+    model = inference_service(CONFIG, storage_uri("s3://ctp/ctp", "digits", "v1"), "v1")["spec"]["predictor"]["model"]
+    assert supporting_runtimes(model) == ["kserve-tritonserver"]
+    old = {"modelFormat": {"name": "onnx"}, "storageUri": model["storageUri"]}  # what ctp sent before
+    assert supporting_runtimes(old) == []
+
+
+# ----------------------------------------------------------------------------- readiness
+def bare_rollout(api, config=CONFIG):
+    clock = FakeClock()
+    return KServeRollout(api, config, predictions=None, poll=clock.poll, clock=clock), clock
+
+
+def old_wait_ready_accepts(status: dict) -> bool:
+    """What wait_ready checked before: any Ready=True condition."""
+    return any(c.get("type") == "Ready" and c.get("status") == "True" for c in status.get("conditions", []))
+
+
+def served_first(api, lag=0):
+    rollout, _ = bare_rollout(api)
+    rollout.start(storage_uri("s3://ctp/ctp", "digits", "v1"), "v1")
+    assert rollout.wait_ready() is not None
+    api.lag = lag
+    return rollout
+
+
+def test_a_stale_ready_right_after_a_patch_is_refused():
+    """Right after a patch KServe still shows the old status: Ready=True, the old revision
+    latest created and ready, observedGeneration that of the old Knative Service (kserve/kserve
+    v0.15.2 pkg/apis/serving/v1beta1/inference_service_status.go: ObservedGeneration and
+    ComponentStatusSpec latestCreatedRevision / latestReadyRevision come from the Knative Service
+    in PropagateStatus). The old check accepted it; now the wait lasts until the controller has
+    reconciled the patch and the new revision is the latest ready one."""
+    api = FakeKubernetesApi()
+    served_first(api, lag=3)
+    rollout, clock = bare_rollout(api)
+    rollout.start(storage_uri("s3://ctp/ctp", "digits", "v2"), "v2")
+    stale = api.get_namespaced_custom_object("serving.kserve.io", "v1beta1", "ml", "inferenceservices", "digits")
+    assert old_wait_ready_accepts(stale["status"])  # what the old code returned at once
+    assert stale["status"]["components"]["predictor"]["latestReadyRevision"] == "digits-predictor-00001"
+    status = rollout.wait_ready()
+    assert status["components"]["predictor"] == {
+        "latestCreatedRevision": "digits-predictor-00002",
+        "latestReadyRevision": "digits-predictor-00002",
+    }
+    assert clock.polls == [5.0, 5.0]  # two stale answers refused before the reconciled one
+
+
+def test_a_new_revision_that_never_gets_ready_is_not_ready():
+    """The patched model does not load: KServe shows the new revision as latestCreatedRevision
+    while latestReadyRevision stays the old one (Knative keeps serving it), so it never counts
+    as serving the patch, whatever the generation counters say."""
+    api = FakeKubernetesApi()
+    served_first(api)
+    bad = storage_uri("s3://ctp/ctp", "digits", "v2")
+    api.broken.add(bad)
+    rollout, clock = bare_rollout(api, KServeConfig(name="digits", namespace="ml", ready_timeout_seconds=20))
+    rollout.start(bad, "v2")
+    assert rollout.wait_ready() is None
+    assert rollout.last_reason == "predictor revision digits-predictor-00002 not ready (ready: digits-predictor-00001)"
+    assert clock.now >= 20
+
+
+def test_observed_generation_is_the_knative_services_so_it_is_compared_with_itself():
+    """KServe copies status.observedGeneration from the Knative Service (serverless) or the
+    Deployment (raw) it manages (kserve/kserve v0.15.2 pkg/apis/serving/v1beta1/
+    inference_service_status.go: `ss.ObservedGeneration = serviceStatus.ObservedGeneration` in
+    PropagateStatus, `deploymentList[0].Status.ObservedGeneration` in PropagateRawStatus), so
+    `observedGeneration >= metadata.generation` compares two different objects' counters. Both
+    ways it goes wrong are shown here, and the check used instead (the child's generation moved
+    past the one seen before the patch, and a new revision is the latest ready) gets both right.
+
+    1. The Knative Service ahead: KServe itself rolled the predictor (a changed
+       inferenceservice-config). After our patch the stale status satisfies the generation
+       comparison and is Ready: it would be accepted while the old model serves.
+    2. The InferenceService ahead: a spec change KServe maps to the same Knative Service
+       (minReplicas: 1 is the default, pkg/controller/v1alpha1/utils/utils.go). After our patch
+       is served, observedGeneration stays below metadata.generation forever: the comparison
+       would wait out every timeout and roll back a good model."""
+
+    def generation_comparison_accepts(isvc):
+        status = isvc["status"]
+        predictor = status["components"]["predictor"]
+        return (
+            old_wait_ready_accepts(status)
+            and status["observedGeneration"] >= isvc["metadata"]["generation"]
+            and predictor["latestReadyRevision"] == predictor["latestCreatedRevision"]
+        )
+
+    get = dict(group="serving.kserve.io", version="v1beta1", namespace="ml", plural="inferenceservices", name="digits")
+    api = FakeKubernetesApi()
+    served_first(api)
+    api.reconcile("digits", template_change={"storage-initializer": "kserve/storage-initializer:v0.15.2"})
+    api.lag = 5
+    rollout, _ = bare_rollout(api)
+    rollout.start(storage_uri("s3://ctp/ctp", "digits", "v2"), "v2")
+    stale = api.get_namespaced_custom_object(**get)
+    assert stale["metadata"]["generation"] == 2 and stale["status"]["observedGeneration"] == 2
+    assert generation_comparison_accepts(stale)  # 1: accepted while revision 00002 serves v1
+    assert not_ready_reason(stale, rollout.before) == "not reconciled yet (observedGeneration 2)"
+    assert rollout.wait_ready()["components"]["predictor"]["latestReadyRevision"] == "digits-predictor-00003"
+
+    api = FakeKubernetesApi()
+    served_first(api)
+    api.patch_namespaced_custom_object(**{**get, "body": {"spec": {"predictor": {"minReplicas": 1}}}})
+    rollout, _ = bare_rollout(api)
+    rollout.start(storage_uri("s3://ctp/ctp", "digits", "v2"), "v2")
+    assert rollout.wait_ready() is not None
+    settled = api.get_namespaced_custom_object(**get)
+    assert (settled["metadata"]["generation"], settled["status"]["observedGeneration"]) == (3, 2)
+    assert not generation_comparison_accepts(settled)  # 2: refused although v2 is served and Ready
+    assert not_ready_reason(settled, rollout.before) is None

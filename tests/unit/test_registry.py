@@ -305,3 +305,32 @@ def test_new_version_ids_are_unique_and_safe():
     assert len(ids) == 2000
     for v in list(ids)[:50]:
         assert check_key(v) == v and "/" not in v
+
+
+def test_nested_file_names_publish_and_verify_and_stay_immutable(registry: Registry, store: Store, tmp_path: Path):
+    """A version may hold a folder tree (Triton's `triton/<model>/1/model.onnx` and
+    `triton/<model>/config.pbtxt`): every file is create-only, listed in the card with its
+    sha256 and read back verified; unsafe paths and a binary .pbtxt are refused."""
+    from components._shared.errors import UnsafeArtifactError
+
+    files = _files(tmp_path, "v1")
+    config = tmp_path / "config.pbtxt"
+    config.write_text('name: "digits"\nplatform: "onnxruntime_onnx"\n')
+    nested = {**files, "triton/digits/1/model.onnx": files["model.onnx"], "triton/digits/config.pbtxt": config}
+    card = registry.publish("v1", nested, {"metrics": {}})
+    assert set(card["files"]) == set(nested)
+    assert card["files"]["triton/digits/config.pbtxt"] == hashlib.sha256(config.read_bytes()).hexdigest()
+    assert registry.read_verified("v1", "triton/digits/config.pbtxt") == config.read_bytes()
+    store.put_bytes("models/digits/versions/v1/triton/digits/config.pbtxt", b"changed")  # behind the registry's back
+    with pytest.raises(IntegrityError):
+        registry.read_verified("v1", "triton/digits/config.pbtxt")
+    with pytest.raises(AlreadyExists):
+        registry.publish("v1", nested, {"metrics": {}})
+    for bad in ("triton/../card.json", "/triton/x.onnx", "triton//x.onnx", "triton/x.onnx/"):
+        with pytest.raises(StoreKeyError):
+            registry.publish("v2", {bad: files["model.onnx"]}, {"metrics": {}})
+    binary = tmp_path / "bad.pbtxt"
+    binary.write_bytes(b"name: \x00\x01")
+    with pytest.raises(UnsafeArtifactError):
+        registry.publish("v3", {"triton/digits/config.pbtxt": binary}, {"metrics": {}})
+    assert registry.versions() == ["v1"]
