@@ -3,7 +3,7 @@ training. The settings themselves are ``components._shared.cluster.ClusterSettin
 
 from __future__ import annotations
 
-from components._shared.cluster import RUN_AS_GID, RUN_AS_UID, ClusterSettings
+from components._shared.cluster import GPUS_REQUESTED_ENV, RUN_AS_GID, RUN_AS_UID, ClusterSettings
 
 POD_LABELS = {"app.kubernetes.io/part-of": "ctp"}
 # No Istio sidecar on step pods: an injected proxy runs as root with NET_ADMIN (fails Pod Security
@@ -44,6 +44,9 @@ def use_store_credentials(task, settings: ClusterSettings) -> None:
 
 
 def place_on_gpu_pool(task, settings: ClusterSettings) -> None:
+    """The GPU pool for the train task, and CTP_GPUS_REQUESTED so that a pod without usable CUDA
+    fails (CUDA_UNAVAILABLE) instead of training on CPU. kfp.local applies task env vars to its
+    subprocesses, so `ctp run` builds the pipeline with gpus=0 (pipelines/local_run.py)."""
     from kfp import kubernetes
 
     kubernetes.add_pod_label(task, "app.kubernetes.io/component", "training")
@@ -51,5 +54,6 @@ def place_on_gpu_pool(task, settings: ClusterSettings) -> None:
     if settings.gpus == 0:
         return
     task.set_accelerator_type(settings.accelerator_type).set_accelerator_limit(settings.gpus)
+    task.set_env_variable(GPUS_REQUESTED_ENV, str(settings.gpus))
     kubernetes.add_node_selector(task, label_key=settings.node_selector_key, label_value=settings.node_selector_value)
     kubernetes.add_toleration(task, key=settings.toleration_key, operator="Exists", effect=settings.toleration_effect)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
+from components._shared.cluster import ClusterSettings
 from components._shared.errors import CtpError
 from components._shared.store import DEFAULT_STORE, Store, open_store
 from components.ingest.config import IngestConfig
@@ -11,6 +12,9 @@ from pipelines.run_params import DEFAULT_TRIGGER, new_run_id, run_parameters, sp
 
 LOCAL_NPROC_PER_NODE = 2  # torchrun processes on this machine (gloo on the CPU)
 LOCAL_PIPELINE_ROOT = "./.ctp-runs"  # kfp.local's artifacts
+# kfp.local ignores resources and node selectors but applies task env vars: built for the cluster
+# (gpus=1), the train step would get CTP_GPUS_REQUESTED=1 and fail on a machine without CUDA.
+LOCAL_CLUSTER = ClusterSettings(gpus=0)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,7 +39,7 @@ def run_locally(options: LocalRunOptions, run_id: str | None = None) -> str:
     from pipelines.continuous_training import build_pipeline
 
     store = open_store(options.store_uri)
-    pipeline = build_pipeline()
+    pipeline = build_pipeline(LOCAL_CLUSTER)
     defaults = {
         **spec_defaults(json_format.MessageToDict(pipeline.pipeline_spec)),
         "nproc_per_node": LOCAL_NPROC_PER_NODE,

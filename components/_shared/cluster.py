@@ -18,6 +18,9 @@ TAINT_EFFECTS = ("NoSchedule", "PreferNoSchedule", "NoExecute")
 # starts (KFP tasks, TrainJob nodes, the predictor) runs as this uid/gid.
 RUN_AS_UID = 10001
 RUN_AS_GID = 10001
+# Set on every pod that asked for GPUs (the train step's pod, each TrainJob node): the train step
+# fails with CUDA_UNAVAILABLE instead of training on CPU while it holds them.
+GPUS_REQUESTED_ENV = "CTP_GPUS_REQUESTED"
 
 
 @dataclasses.dataclass(frozen=True)

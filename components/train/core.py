@@ -24,6 +24,7 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 
+from components._shared.cluster import GPUS_REQUESTED_ENV  # GPUs this pod asked for (set on the cluster)
 from components._shared.dataset import decode_images
 from components._shared.errors import ConfigError, CtpError, IntegrityError
 from components._shared.model.files import EMBEDDING_FILE, META_FILE, ONNX_FILE, REFERENCE_FILE, WEIGHTS_FILE
@@ -46,9 +47,6 @@ class DistInfo:
     world_size: int
     local_rank: int
     backend: str
-
-
-GPUS_REQUESTED_ENV = "CTP_GPUS_REQUESTED"  # set by the cluster's train step: GPUs its pod asked for
 
 
 def require_cuda_if_requested() -> None:

@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from components._shared.cluster import ClusterSettings
+from components._shared.cluster import GPUS_REQUESTED_ENV, ClusterSettings
 from components._shared.errors import CtpError
 from components.train.torchrun import ENTRY_POINT, MAX_RESTARTS, RESTARTABLE_ENV
 
@@ -126,7 +126,8 @@ def build(
 
 def _store_env(m, settings: TrainJobSettings) -> list:
     """MinIO endpoint from the settings ConfigMap and credentials from the Secret, as for every step;
-    and what torchrun needs to restart a worker group."""
+    what torchrun needs to restart a worker group; the GPUs each node asked for (CUDA_UNAVAILABLE
+    check)."""
 
     def ref(name: str, key: str, kind: str):
         selector = (
@@ -141,8 +142,9 @@ def _store_env(m, settings: TrainJobSettings) -> list:
         )
         return m.IoK8sApiCoreV1EnvVar(name=key, value_from=source)
 
+    gpus = {GPUS_REQUESTED_ENV: str(settings.cluster.gpus)} if settings.cluster.gpus else {}
     return [
-        *(m.IoK8sApiCoreV1EnvVar(name=k, value=v) for k, v in RESTARTABLE_ENV.items()),
+        *(m.IoK8sApiCoreV1EnvVar(name=k, value=v) for k, v in {**RESTARTABLE_ENV, **gpus}.items()),
         ref(settings.cluster.minio_secret, "MINIO_ACCESS_KEY", "secret"),
         ref(settings.cluster.minio_secret, "MINIO_SECRET_KEY", "secret"),
         ref(settings.cluster.settings_config_map, "MINIO_ENDPOINT", "config_map"),

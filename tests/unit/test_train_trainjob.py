@@ -384,3 +384,18 @@ def test_a_job_of_this_run_still_terminating_is_waited_out():
     api.jobs[NAME]["gone_in"] = 3
     status, clock = run(api)
     assert status == COMPLETE and api.deleted == [("ml", NAME)] and clock.now == 20  # only ours is deleted
+
+
+@pytest.mark.parametrize("gpus", [0, 1, 8])
+def test_each_node_says_how_many_gpus_it_asked_for(gpus):
+    """components/train/core.py fails with CUDA_UNAVAILABLE when CTP_GPUS_REQUESTED > 0 and CUDA is not
+    usable; the TrainJob's trainer env reaches container "node" of every node (kubeflow/trainer v2.3.0
+    pkg/runtime/framework/plugins/jobset/builder.go, Builder.Trainer: UpsertEnvVars). The name is
+    not one Trainer reserves for torchrun (pkg/constants/constants.go TorchRunReservedEnvNames: PET_*)."""
+    from components._shared.cluster import GPUS_REQUESTED_ENV
+
+    settings = TrainJobSettings(namespace="ml", cluster=ClusterSettings(gpus=gpus))
+    body = trainjob.build(settings, name="n", namespace="ml", **JOB_ARGS).to_dict()
+    env = {e["name"]: e.get("value") for e in body["spec"]["trainer"]["env"]}
+    assert env.get(GPUS_REQUESTED_ENV) == (str(gpus) if gpus else None)
+    assert not GPUS_REQUESTED_ENV.startswith("PET_")
