@@ -52,7 +52,7 @@ from collections.abc import Iterator
 import numpy as np
 
 from components._shared.dataset import Finding
-from components._shared.errors import AlreadyExists, ConfigError, StoreNotFound
+from components._shared.errors import AlreadyExists, ConfigError, StoreNotFound, StoreUnavailable
 from components._shared.store import Store, check_prefix
 
 REQUEST_TYPE = "org.kubeflow.serving.inference.request"  # kserve pkg/logger/worker.go CEInferenceRequest
@@ -285,8 +285,29 @@ def _finish(store: Store, config: CompactConfig, plan: dict, report: CompactRepo
     if not store.exists(done_key):
         counts = _write_outputs(store, config, plan, report, bar)
         store.put_json(done_key, {**counts, "batch": plan["batch"], "objects": len(plan["keys"])})
-    store.delete_many(plan["keys"])
+    _delete(store, plan["keys"])
     store.delete(f"{config.state}plans/{plan['chunk']}.json")
+
+
+def _delete(store: Store, keys: list[str]) -> None:
+    """The compacted raw objects: one DeleteObjects request per 1,000 keys on S3 (a missing key
+    is no error: a killed run may have deleted some)."""
+    from components._shared.store import S3Store
+
+    if isinstance(store, S3Store):
+        from minio.deleteobjects import DeleteObject
+
+        names = [f"{store.prefix}/{k}" if store.prefix else k for k in keys]
+        for start in range(0, len(names), 1000):
+            objects = [DeleteObject(n) for n in names[start : start + 1000]]
+            errors = store._retry(
+                "delete raw log", lambda o=objects: list(store.client.remove_objects(store.bucket, o))
+            )
+            if errors:
+                raise StoreUnavailable(f"could not delete {len(errors)} compacted raw log objects, e.g. {errors[0]}")
+        return
+    for key in keys:
+        store.delete(key)
 
 
 def _read_events(store: Store, config: CompactConfig, plan: dict, report: CompactReport, bar) -> dict:

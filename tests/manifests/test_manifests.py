@@ -45,7 +45,12 @@ DOCKERFILES = [REPO / "images" / "base" / "Dockerfile", REPO / "images" / "train
 K8S_VERSION = "1.32"  # CronJob timeZone GA since 1.27; Trainer v2 needs a recent cluster
 
 # Secrets the admin creates (manifests/README.md): referenced, never rendered. One S3 key per role.
-ROLE_SECRETS = {"ctp-s3-steps": "steps", "ctp-s3-monitor": "monitor", "ctp-kserve-s3": "predictor"}
+ROLE_SECRETS = {
+    "ctp-s3-steps": "steps",
+    "ctp-s3-monitor": "monitor",
+    "ctp-s3-compact": "compact",
+    "ctp-kserve-s3": "predictor",
+}
 ADMIN_SECRETS = set(ROLE_SECRETS) | {"ctp-minio-root"}
 S3_KEYS = {"MINIO_ACCESS_KEY", "MINIO_SECRET_KEY"}
 THIRD_PARTY_IMAGES = {"quay.io/minio/minio": "components/minio"}
@@ -329,6 +334,7 @@ def test_no_secret_values_and_one_key_per_role(target):
                     refs.setdefault(where.split(" ")[0], set()).add((ref["name"], ref["key"]))
     assert refs["CronJob/" + refs_ns(objs) + "/ctp-monitor"] == {("ctp-s3-monitor", k) for k in S3_KEYS}
     assert refs["CronJob/" + refs_ns(objs) + "/ctp-recurring"] == {("ctp-s3-monitor", k) for k in S3_KEYS}
+    assert refs["CronJob/" + refs_ns(objs) + "/ctp-log-compact"] == {("ctp-s3-compact", k) for k in S3_KEYS}
     assert refs["TrainingRuntime/" + refs_ns(objs) + "/ctp-torch-distributed"] == {("ctp-s3-steps", k) for k in S3_KEYS}
 
 

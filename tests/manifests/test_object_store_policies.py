@@ -6,6 +6,9 @@ allows exactly the keys its code touches, taken from the code, not restated by h
 - monitor (ctp-s3-monitor, both CronJobs): the real `ctp monitor --submit` and `ctp submit`
   run against an S3 server (moto, over HTTP on 127.0.0.1) that records every request; each
   request must be allowed by the policy, and each statement of the policy must be used.
+- compact (ctp-s3-compact, the ctp-log-compact CronJob): the real `ctp log compact` against the
+  recording S3 server, on a raw log in KServe's format (tests/kserve_log.py) holding a truncated
+  object and an interrupted chunk: allowed, and every grant used.
 - predictor (ctp-kserve-s3): what KServe's storage initializer does with the storageUri the
   canary step builds (kserve/kserve v0.15.2 python/kserve/kserve/storage/storage.py _download_s3:
   ListObjects with Prefix, then GetObject per key).
@@ -33,7 +36,7 @@ STORE_URI = find(rendered("base"), "ConfigMap", "ctp-settings")[0]["data"]["CTP_
 BUCKET, _, PREFIX = STORE_URI[len("s3://") :].partition("/")
 POLICIES = {
     role: json.loads((OBJECT_STORE / f"ctp-{role}-policy.json").read_text())
-    for role in ("steps", "monitor", "predictor")
+    for role in ("steps", "monitor", "compact", "predictor")
 }
 KEY_HEAD = re.compile(r"^([a-z][a-z_]*)/$")
 BUCKET_ONLY = {"s3:ListBucket", "s3:ListBucketMultipartUploads", "s3:CreateBucket"}
@@ -177,8 +180,23 @@ class Recorder:
     def __call__(self, environ, start_response):
         if self.on:
             with self.lock:
-                self.requests.append(_action(environ))
+                self.requests.extend(_delete_objects(environ) or [_action(environ)])
         return self.app(environ, start_response)
+
+
+def _delete_objects(environ) -> list[tuple[str, str, None]]:
+    """DeleteObjects (POST /<bucket>?delete, keys in the XML body) is authorized as s3:DeleteObject
+    on each key; the body is read and put back for moto."""
+    import io
+    import xml.etree.ElementTree as ET
+
+    if environ["REQUEST_METHOD"] != "POST" or "delete" not in parse_qs(environ.get("QUERY_STRING", ""), True):
+        return []
+    body = environ["wsgi.input"].read(int(environ.get("CONTENT_LENGTH") or 0))
+    environ["wsgi.input"] = io.BytesIO(body)
+    bucket = unquote(environ.get("PATH_INFO", "")).strip("/")
+    keys = [el.text for el in ET.fromstring(body).iter() if el.tag.endswith("Key")]
+    return [("s3:DeleteObject", f"arn:aws:s3:::{bucket}/{key}", None) for key in keys]
 
 
 def _action(environ) -> tuple[str, str, str | None]:
@@ -330,3 +348,64 @@ def test_monitor_never_checks_or_creates_the_bucket(monitor_requests):
     (manifests/README.md), the roles' code must not need either."""
     requests, _ = monitor_requests
     assert len(_without_bucket_check(requests)) == len(requests)
+
+
+# ----------------------------------------------------------------------------- compact: recorded
+@pytest.fixture(scope="module")
+def compact_requests(recording_s3):
+    """Every S3 request of `ctp log compact` (the ctp-log-compact CronJob): a raw log in KServe's
+    format with a truncated object (copied to compaction/<dataset>/rejected/), and a chunk a
+    killed run left planned (finished first)."""
+    from click.testing import CliRunner
+
+    from components._shared.store import S3Store
+    from pipelines import inference_log
+    from pipelines.cli import main
+    from tests.kserve_log import logged_inference, raw_key
+    from tests.unit.test_inference_log import digits
+
+    recorder, settings = recording_s3
+    bucket = f"ctp-compact-{uuid.uuid4().hex[:8]}"
+    admin = S3Store(bucket, PREFIX, settings)  # KServe's logger writes: not recorded
+    images, logits = digits(6)
+    for i in range(6):
+        for key, data in logged_inference(f"p{i}", images[i], logits[i]).items():
+            admin.put_bytes(key, data)
+    admin.put_bytes(raw_key("cut", "request"), b'{"id": "cut", "reqType": "org.kub')
+    config = inference_log.CompactConfig(min_age_seconds=0, chunk_objects=4)
+    planned = list(inference_log.iter_listing(admin, "inference-log/"))[:4]
+    inference_log._plan(admin, config, planned)  # a killed run's plan, not yet compacted
+    env = {
+        "CTP_STORE": f"s3://{bucket}/{PREFIX}",
+        "MINIO_ENDPOINT": settings.endpoint,
+        "MINIO_ACCESS_KEY": "k",
+        "MINIO_SECRET_KEY": "s",
+        "MINIO_SECURE": "false",
+    }
+    recorder.requests.clear()
+    recorder.on = True
+    try:
+        args = ["log", "compact", "--min-age-seconds", "0", "--chunk-objects", "4"]
+        result = CliRunner().invoke(main, args, env=env)
+    finally:
+        recorder.on = False
+    assert result.exit_code == 0 and "1 interrupted chunks finished" in result.output, result.output
+    assert "LOG_UNPARSEABLE" in result.output and admin.list("inference-log/") == []
+    return [(a, r.replace(f":::{bucket}", f":::{BUCKET}"), p) for a, r, p in recorder.requests]
+
+
+@pytest.mark.slow
+def test_compact_policy_allows_every_request_and_grants_nothing_unused(compact_requests):
+    """ctp-compact-policy.json is exactly what `ctp log compact` does: every request allowed, every
+    (action, prefix) granted used; it writes only traffic/, predictions/ and its own compaction/,
+    and deletes only the raw log and its own state."""
+    requests = _without_bucket_check(compact_requests)
+    denied = sorted({r for r in requests if not allowed(POLICIES["compact"], *r)})
+    assert not denied, "\n".join(map(str, denied))
+    used = set()
+    for action, resource, prefix in requests:
+        key = prefix if prefix is not None else resource.split(":::", 1)[1].split("/", 1)[1]
+        used.add((action, key[len(PREFIX) + 1 :].split("/", 1)[0]))
+    assert grants(POLICIES["compact"]) == used
+    assert {p for a, p in used if a == "s3:PutObject"} == {"traffic", "predictions", "compaction"}
+    assert {p for a, p in used if a == "s3:DeleteObject"} == {"inference-log", "compaction"}

@@ -200,6 +200,9 @@ def test_cronjob_identity_has_exactly_the_kfp_rights_its_calls_need(mode):
     for cron in find(objs, "CronJob"):
         ((_, pod),) = pod_specs(cron)
         assert pod["serviceAccountName"] == "ctp-runner" and pod["automountServiceAccountToken"] is False
+        if cron["metadata"]["name"] == "ctp-log-compact":  # the store only: no KFP token at all
+            assert not [v for v in pod["volumes"] if "projected" in v]
+            continue
         token = [
             s["serviceAccountToken"]
             for v in pod["volumes"]
@@ -215,7 +218,7 @@ def test_exactly_one_recurring_mechanism():
     cannot create recurring runs (KFP resource "jobs") and the README schedules no `ctp schedule`."""
     objs = rendered("multi-user")
     crons = {c["metadata"]["name"]: c for c in find(objs, "CronJob")}
-    assert set(crons) == {"ctp-monitor", "ctp-recurring"}
+    assert set(crons) == {"ctp-monitor", "ctp-recurring", "ctp-log-compact"}
     ((_, pod),) = pod_specs(crons["ctp-recurring"])
     assert pod["containers"][0]["command"] == ["ctp", "submit", "--trigger", "schedule"]
     assert crons["ctp-recurring"]["spec"]["concurrencyPolicy"] == "Forbid"
@@ -320,6 +323,7 @@ def test_store_port_is_the_pod_port_behind_the_configured_endpoint(variant):
     clients = {
         "monitor": _template_labels(objs, "CronJob", "ctp-monitor"),
         "recurring": _template_labels(objs, "CronJob", "ctp-recurring"),
+        "log compaction": _template_labels(objs, "CronJob", "ctp-log-compact"),
         "training worker": _template_labels(objs, "TrainingRuntime", "ctp-torch-distributed"),
         "task": _task_labels(),
         "predictor": {
