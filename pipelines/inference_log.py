@@ -61,6 +61,7 @@ VERSION_ANNOTATION = "ctp.dev/version"  # set on the InferenceService by compone
 LOG_PREFIX = "inference-log/"
 STATE_PREFIX = "compaction/"
 ERROR, WARNING = "error", "warning"
+READERS = 8  # concurrent object reads within a chunk
 FINDING_CODES = (
     "LOG_UNPARSEABLE",  # an object is not LogRequest JSON (truncated, another format): moved to rejected/
     "LOG_BAD_RECORD",  # a record lacks id, reqType or base64 bytes
@@ -314,13 +315,21 @@ def _read_events(store: Store, config: CompactConfig, plan: dict, report: Compac
     """id -> {kind: first Event}; duplicates, unreadable objects and records are findings."""
     batch = plan["batch"]
     events: dict[str, dict[str, Event]] = collections.defaultdict(dict)
-    for key in plan["keys"]:
+    from concurrent.futures import ThreadPoolExecutor
+
+    def fetch(key: str) -> bytes | None:
+        try:
+            return store.get_bytes(key)
+        except StoreNotFound:
+            return None  # deleted after a done marker we did not see: nothing left to compact
+
+    with ThreadPoolExecutor(READERS) as pool:  # small objects: latency-bound, so read several at once
+        fetched = list(pool.map(fetch, plan["keys"]))
+    for key, data in zip(plan["keys"], fetched, strict=True):
         bar.update(1)
         report.objects += 1
-        try:
-            data = store.get_bytes(key)
-        except StoreNotFound:
-            continue  # deleted after a done marker we did not see: nothing left to compact
+        if data is None:
+            continue
         try:
             records = parse_object(data)
         except ValueError as err:
