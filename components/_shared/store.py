@@ -821,15 +821,19 @@ class _StoreFSHandler(pafs.FileSystemHandler):
         raise StoreKeyError(f"{path!r}: store objects are replaced whole, never appended to")
 
 
-def open_store(uri: str | None = None, env: Mapping[str, str] | None = None) -> Store:
-    """Open ``uri`` (``s3://bucket/prefix`` or a directory); default ``CTP_STORE`` or ./.ctp-store."""
+def open_store(uri: str | None = None, env: Mapping[str, str] | None = None, *, create_bucket: bool = False) -> Store:
+    """Open ``uri`` (``s3://bucket/prefix`` or a directory); default ``CTP_STORE`` or ./.ctp-store.
+
+    The S3 bucket is checked and created only with ``create_bucket`` (admin commands: ``ctp data
+    seed``): HeadBucket is an unprefixed s3:ListBucket and CreateBucket its own action, which the
+    roles' scoped keys (manifests/object-store) do not have. The admin creates the bucket."""
     env = os.environ if env is None else env
     uri = uri or env.get("CTP_STORE") or DEFAULT_STORE
     if uri.startswith("s3://"):
         bucket, _, prefix = uri[len("s3://") :].partition("/")
         if not bucket:
             raise ConfigError(f"store URI {uri!r} has no bucket", hint="use s3://<bucket>/<prefix>")
-        return S3Store(bucket, prefix, S3Settings.from_env(env))
+        return S3Store(bucket, prefix, S3Settings.from_env(env), create_bucket=create_bucket)
     if "://" in uri:
         raise ConfigError(f"unsupported store URI {uri!r}", hint="use a directory or s3://bucket/prefix")
     return LocalStore(uri)

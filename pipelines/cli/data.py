@@ -34,7 +34,7 @@ def seed_command(store_uri, dataset, batches, shift, shift_from, strength, seed,
     from components._shared.sampledata import SeedConfig, seed_digits
     from components._shared.store import open_store
 
-    store = open_store(store_uri)
+    store = open_store(store_uri, create_bucket=True)  # the admin's command: the steps' keys cannot create it
     if if_empty and list_batches(store, dataset):
         click.echo(f"{store.describe('datasets/' + dataset)} already has data; not seeding")
         return

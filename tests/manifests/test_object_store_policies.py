@@ -317,7 +317,7 @@ def _without_bucket_check(requests):
 @pytest.mark.slow
 def test_monitor_policy_allows_every_request_the_monitor_makes(monitor_requests):
     """Every request of the CronJobs' code is allowed by ctp-monitor-policy.json (the bucket
-    existence check is the separate, pending item below)."""
+    existence check, which the monitor never makes, is asserted below)."""
     requests, _ = monitor_requests
     denied = sorted({r for r in _without_bucket_check(requests) if not allowed(POLICIES["monitor"], *r)})
     assert not denied, "\n".join(map(str, denied))
@@ -337,15 +337,11 @@ def test_monitor_policy_grants_nothing_the_monitor_does_not_use(monitor_requests
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    reason="pipeline-side change pending: S3Store checks/creates the bucket "
-    "(HeadBucket = s3:ListBucket without a prefix) on open; a scoped key cannot",
-)
 def test_monitor_never_checks_or_creates_the_bucket(monitor_requests):
     """A scoped key may list only its prefixes; HeadBucket (minio bucket_exists) is authorized as
     an unprefixed s3:ListBucket and make_bucket as s3:CreateBucket: the admin creates the bucket
-    (manifests/README.md), the roles' code must not need either."""
+    (manifests/README.md, `ctp data seed`), the roles' code needs neither (open_store checks the
+    bucket only with create_bucket=True, components/_shared/store.py)."""
     requests, _ = monitor_requests
     assert len(_without_bucket_check(requests)) == len(requests)
 

@@ -469,7 +469,7 @@ def test_open_store_s3_through_env_round_trip(s3_server):
         "MINIO_SECURE": "false",
     }
     prefix = f"open-{uuid.uuid4().hex[:8]}"
-    store = open_store(f"s3://ctp-open/{prefix}", env=env)
+    store = open_store(f"s3://ctp-open/{prefix}", env=env, create_bucket=True)  # as the admin
     assert isinstance(store, S3Store)
     assert store.uri == f"s3://ctp-open/{prefix}"
     etag = store.put_bytes("k.bin", b"v")
@@ -478,6 +478,58 @@ def test_open_store_s3_through_env_round_trip(s3_server):
     other = open_store(f"s3://ctp-open/{prefix}-other", env=env)
     assert other.list("") == []
     assert not other.exists("k.bin")
+
+
+def _s3_env(server: S3Settings) -> dict:
+    return {
+        "MINIO_ENDPOINT": f"http://{server.endpoint}",
+        "MINIO_ACCESS_KEY": server.access_key,
+        "MINIO_SECRET_KEY": server.secret_key,
+        "MINIO_SECURE": "false",
+    }
+
+
+def test_open_store_neither_checks_nor_creates_the_bucket_unless_asked(s3_server):
+    """A role's scoped key (manifests/object-store/ctp-*-policy.json: s3:ListBucket only with an
+    s3:prefix condition, no s3:CreateBucket) cannot do HeadBucket (an unprefixed s3:ListBucket) or
+    CreateBucket, so opening a store does neither; only an admin command asks for it."""
+    bucket = f"ctp-absent-{uuid.uuid4().hex[:8]}"
+    admin = S3Store(f"ctp-admin-{uuid.uuid4().hex[:8]}", "", s3_server)
+    opened = open_store(f"s3://{bucket}/p", env=_s3_env(s3_server))
+    assert isinstance(opened, S3Store) and not admin.client.bucket_exists(bucket)
+    open_store(f"s3://{bucket}/p", env=_s3_env(s3_server), create_bucket=True)
+    assert admin.client.bucket_exists(bucket)
+
+
+def test_ctp_data_seed_creates_the_bucket_as_the_admin_command(s3_server):
+    from click.testing import CliRunner
+
+    from pipelines.cli import main
+
+    bucket = f"ctp-seed-{uuid.uuid4().hex[:8]}"
+    result = CliRunner().invoke(
+        main, ["data", "seed", "--store", f"s3://{bucket}/p", "--batches", "1"], env=_s3_env(s3_server)
+    )
+    assert result.exit_code == 0, result.output
+    assert open_store(f"s3://{bucket}/p", env=_s3_env(s3_server)).list("datasets/")
+
+
+def test_only_admin_commands_ask_open_store_for_the_bucket():
+    """Pipeline steps, the monitor and submit open the store with the defaults; `ctp data seed` is
+    the one caller that may create the bucket; S3Store is constructed only by open_store."""
+    import ast
+
+    root = Path(__file__).resolve().parents[2]
+    askers, constructors = set(), set()
+    for path in [*(root / "components").rglob("*.py"), *(root / "pipelines").rglob("*.py")]:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
+                if node.func.id == "open_store" and any(k.arg == "create_bucket" for k in node.keywords):
+                    askers.add(str(path.relative_to(root)))
+                if node.func.id == "S3Store":
+                    constructors.add(str(path.relative_to(root)))
+    assert askers == {"pipelines/cli/data.py"}
+    assert constructors == {"components/_shared/store.py"}
 
 
 def test_s3_settings_scheme_sets_tls():
