@@ -24,6 +24,15 @@ METRICS: dict[str, tuple[str, tuple[str, ...]]] = {
     "ctp_monitor_drift": ("1 when the last check found drift, 0 when not.", ("model", "decision")),
     "ctp_monitor_min_p_value": ("Smallest per-feature KS p-value of the last check.", ("model",)),
     "ctp_monitor_window_rows": ("Traffic rows in the last check's window.", ("model",)),
+    "ctp_monitor_trigger_fired": (
+        "1 when the trigger fired in the last check, 0 when not, per enabled trigger.",
+        ("model", "trigger"),
+    ),
+    "ctp_monitor_champion_accuracy": (
+        "Champion accuracy on labelled rows newer than its training data, when the last check scored them.",
+        ("model",),
+    ),
+    "ctp_monitor_new_label_rows": ("Labelled rows newer than the champion's training data.", ("model",)),
     "ctp_monitor_last_run_started_timestamp_seconds": (
         "When the monitor last started a run, per trigger (changes() counts runs).",
         ("model", "trigger"),
@@ -85,8 +94,19 @@ def monitor_metrics(model: str, outcome, now: float | None = None) -> Metrics:
         min_p = (drift.get("features") or {}).get("min_p_val")
         if min_p is not None:
             metrics.set("ctp_monitor_min_p_value", min_p)
+        fired = report.get("fired", ["drift"] if drift.get("is_drift") else [])
+        metrics.set("ctp_monitor_trigger_fired", 1.0 if "drift" in fired else 0.0, trigger="drift")
+        for trigger in ("performance", "new_labels"):
+            if (report.get(trigger) or {}).get("enabled"):
+                metrics.set("ctp_monitor_trigger_fired", 1.0 if trigger in fired else 0.0, trigger=trigger)
+        accuracy = (report.get("performance") or {}).get("accuracy")
+        if accuracy is not None:
+            metrics.set("ctp_monitor_champion_accuracy", accuracy)
+        if (report.get("labels") or {}).get("rows") is not None:
+            metrics.set("ctp_monitor_new_label_rows", report["labels"]["rows"])
     if outcome.action == "submitted":
-        metrics.set("ctp_monitor_last_run_started_timestamp_seconds", now, trigger="drift")
+        trigger = getattr(outcome, "trigger", "") or "drift"
+        metrics.set("ctp_monitor_last_run_started_timestamp_seconds", now, trigger=trigger)
     return metrics
 
 

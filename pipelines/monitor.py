@@ -1,6 +1,12 @@
-"""The drift monitor: compares recent traffic with the champion's reference using validate-data's
-drift code, writes its report to the store, and starts at most one run per piece of evidence
-(on a KFP host, or here through kfp.local). The click command is in ``pipelines/cli/monitor.py``.
+"""The monitor: checks every retraining trigger against the champion, writes one report per check
+to the store, and starts at most one run per piece of evidence (on a KFP host, or here through
+kfp.local). The click command is in ``pipelines/cli/monitor.py``.
+
+Triggers (TRIGGERS, in the order that names a run when several fire):
+- performance: the champion's accuracy on labelled rows newer than its watermark is below
+  ``min_accuracy`` or more than ``max_drop`` below its test accuracy (pipelines/label_triggers.py);
+- drift: recent traffic against the champion's reference, as validate-data decides;
+- new_labels: at least ``min_new_rows`` labelled rows newer than the watermark.
 """
 
 from __future__ import annotations
@@ -17,6 +23,8 @@ from components._shared.store import Store
 from pipelines.kfp_api import Kfp, PipelineRef, pipeline_spec, run_is_active, submit
 from pipelines.run_params import new_run_id, run_parameters, spec_defaults
 
+TRIGGERS = ("performance", "drift", "new_labels")  # the first that fired is the run's `trigger`
+
 
 @dataclasses.dataclass(frozen=True)
 class MonitorConfig:
@@ -25,12 +33,35 @@ class MonitorConfig:
     window_rows: int = 500  # newest traffic examples compared with the reference
     cooldown_minutes: float = 60.0
     p_val: float = 0.05
+    min_accuracy: float = 0.0  # performance: fires below this accuracy on new labels (0: off)
+    max_drop: float = 0.0  # performance: fires this far below the champion's test accuracy (0: off)
+    label_rows: int = 2000  # performance: the newest labelled rows newer than the watermark it scores
+    min_scored_rows: int = 100  # performance: no decision on fewer new labelled rows
+    min_new_rows: int = 0  # new_labels: fires at this many labelled rows newer than the watermark (0: off)
 
     def __post_init__(self):
         if self.window_rows < 1:
             raise ConfigError(f"window_rows={self.window_rows}; must be at least 1")
         if self.cooldown_minutes < 0:
             raise ConfigError(f"cooldown_minutes={self.cooldown_minutes}; must be 0 or more")
+        for name in ("min_accuracy", "max_drop"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ConfigError(f"{name}={getattr(self, name)}; must be between 0 and 1 (0: off)")
+        if self.label_rows < 1 or self.min_scored_rows < 1:
+            raise ConfigError(
+                f"label_rows={self.label_rows}, min_scored_rows={self.min_scored_rows}; each must be 1 or more"
+            )
+        if self.min_scored_rows > self.label_rows:
+            raise ConfigError(
+                f"min_scored_rows={self.min_scored_rows} exceeds label_rows={self.label_rows}",
+                hint="the performance trigger could never decide; raise label_rows or lower min_scored_rows",
+            )
+        if self.min_new_rows < 0:
+            raise ConfigError(f"min_new_rows={self.min_new_rows}; must be 0 (off) or more")
+
+    @property
+    def reads_labels(self) -> bool:
+        return bool(self.min_accuracy or self.max_drop or self.min_new_rows)
 
 
 class RunTarget(Protocol):
@@ -38,8 +69,8 @@ class RunTarget(Protocol):
 
     name: str
 
-    def start(self, evidence_uri: str, run_id: str) -> str:
-        """Start one drift-triggered run; returns the handle ``is_running`` takes."""
+    def start(self, evidence_uri: str, run_id: str, trigger: str = "drift") -> str:
+        """Start one triggered run; returns the handle ``is_running`` takes."""
 
     def is_running(self, handle: str) -> bool: ...
 
@@ -50,13 +81,13 @@ class KfpTarget:
     def __init__(self, kfp: Kfp, ref: PipelineRef, store: Store, config: MonitorConfig):
         self.kfp, self.ref, self.store, self.config = kfp, ref, store, config
 
-    def start(self, evidence_uri: str, run_id: str) -> str:
+    def start(self, evidence_uri: str, run_id: str, trigger: str = "drift") -> str:
         params = run_parameters(
             self.store,
             spec_defaults(pipeline_spec(self.kfp, self.ref)),
             dataset=self.config.dataset,
             model_name=self.config.model_name,
-            trigger="drift",
+            trigger=trigger,
             run_id=run_id,
             evidence_uri=evidence_uri,
         )
@@ -75,11 +106,11 @@ class LocalTarget:
         self.options = options  # pipelines.local_run.LocalRunOptions
         self.summary = ""
 
-    def start(self, evidence_uri: str, run_id: str) -> str:
+    def start(self, evidence_uri: str, run_id: str, trigger: str = "drift") -> str:
         from pipelines.local_run import run_locally
 
         self.summary = run_locally(
-            dataclasses.replace(self.options, trigger="drift", evidence_uri=evidence_uri), run_id=run_id
+            dataclasses.replace(self.options, trigger=trigger, evidence_uri=evidence_uri), run_id=run_id
         )
         return run_id
 
@@ -89,8 +120,9 @@ class LocalTarget:
 
 @dataclasses.dataclass(frozen=True)
 class MonitorOutcome:
-    action: str  # submitted | no_drift | duplicate | cooldown | run_in_progress | no_champion | dry_run
+    action: str  # submitted | no_trigger | duplicate | cooldown | run_in_progress | no_champion | dry_run
     reason: str
+    trigger: str = ""  # the trigger that names the run (the first of TRIGGERS that fired)
     report_uri: str = ""
     dedupe_key: str = ""
     run_id: str = ""
@@ -109,16 +141,20 @@ def monitor_prefix(model: str) -> str:
 
 
 def drift_report(store: Store, config: MonitorConfig) -> dict | None:
-    """The newest traffic window against the champion's reference sample (None: no champion)."""
+    """One check's report (None: no champion): the newest traffic window against the champion's
+    reference sample (``drift``, ``window``), the labelled data newer than its watermark
+    (``labels``, ``performance``, ``new_labels``), and which triggers fired (``fired``, ``trigger``)."""
     from components.deploy_canary.core import recent_traffic
     from components.validate_data import drift
     from components.validate_data.core import load_champion
 
     champion = load_champion(store, config.model_name)
-    if champion is None or champion.reference is None:
+    if champion is None:
         return None
     images, batches = recent_traffic(store, config.dataset, config.window_rows)
-    if images is None:
+    if champion.reference is None:
+        result = {"decision": "no_reference", "is_drift": False, "reason": "the champion has no reference sample"}
+    elif images is None:
         result = {
             "decision": "no_traffic",
             "is_drift": False,
@@ -139,25 +175,64 @@ def drift_report(store: Store, config: MonitorConfig) -> dict | None:
         "watermark": batches[-1] if batches else "",
         "rows": 0 if images is None else len(images),
     }
-    return {
+    report = {
         "model": config.model_name,
         "dataset": config.dataset,
         "reference_version": champion.version,
         "window": window,
         "drift": result,
+        **_label_triggers(store, config, champion.version, champion.card),
         "created_at": utc_now(),
     }
+    fired = [name for name in TRIGGERS if _fired(report, name)]
+    return {**report, "fired": fired, "trigger": fired[0] if fired else ""}
+
+
+def _fired(report: dict, trigger: str) -> bool:
+    return bool(report["drift"]["is_drift"] if trigger == "drift" else report[trigger]["fired"])
+
+
+def _label_triggers(store: Store, config: MonitorConfig, version: str, card: dict) -> dict:
+    from pipelines import label_triggers
+
+    if not config.reads_labels:  # neither trigger on: the check reads no labelled data
+        off = {"enabled": False, "fired": False, "decision": "off"}
+        return {"labels": {}, "performance": off, "new_labels": off}
+    labels, batches = label_triggers.labels_section(store, config, card)
+    return {
+        "labels": labels,
+        "performance": label_triggers.performance_evidence(store, config, version, card, batches),
+        "new_labels": label_triggers.new_labels_evidence(config, labels),
+    }
+
+
+# What of each label trigger's evidence makes it the same evidence (not its bars or wording).
+_EVIDENCE_FIELDS = {"performance": ("batches", "rows", "correct"), "new_labels": ("batches", "rows")}
 
 
 def dedupe_key(report: dict) -> str:
-    """Same reference, same traffic window, same statistics: the same evidence."""
-    evidence = {
-        "reference": report["reference_version"],
-        "batches": report["window"]["batches"],
-        "drift": report["drift"],
-    }
+    """Same champion, and for each trigger that fired the same data and statistics: the same
+    evidence. Drift's: the traffic window and its statistics (a drift-only key is what it was
+    before the label triggers, so their claims stay valid); the label triggers': the new batches
+    and what was counted on them."""
+    fired = report.get("fired") or ["drift"]
+    evidence: dict = {"reference": report["reference_version"]}
+    if "drift" in fired:
+        evidence |= {"batches": report["window"]["batches"], "drift": report["drift"]}
+    for name, fields in _EVIDENCE_FIELDS.items():
+        if name in fired:
+            evidence[name] = {field: report[name].get(field) for field in fields}
     digest = hashlib.sha256(json.dumps(evidence, sort_keys=True).encode()).hexdigest()[:16]
-    return f"{report['window']['watermark']}-{digest}"
+    watermark = report["window"]["watermark"] if "drift" in fired else report["labels"]["newest"]
+    return f"{watermark}-{digest}"
+
+
+def summary(report: dict) -> str:
+    """One clause per enabled trigger: what it decided."""
+    drift = report["drift"]
+    parts = [f"drift: {drift['decision']} over traffic batches {report['window']['batches']}"]
+    parts += [f"{name}: {report[name]['reason']}" for name in ("performance", "new_labels") if report[name]["enabled"]]
+    return "; ".join(parts)
 
 
 def monitor(store: Store, config: MonitorConfig, target: RunTarget | None) -> MonitorOutcome:
@@ -168,12 +243,13 @@ def monitor(store: Store, config: MonitorConfig, target: RunTarget | None) -> Mo
     key = dedupe_key(report)
     report_key = f"{monitor_prefix(config.model_name)}reports/{new_version_id()}.json"
     store.put_json(report_key, {**report, "dedupe_key": key}, create_only=True)
-    found = dict(report_uri=store.describe(report_key), dedupe_key=key, report=report)
-    decision = report["drift"]["decision"]
-    if not report["drift"]["is_drift"]:
-        return MonitorOutcome("no_drift", f"{decision} over traffic batches {report['window']['batches']}", **found)
+    found = dict(report_uri=store.describe(report_key), dedupe_key=key, report=report, trigger=report["trigger"])
+    if not report["fired"]:
+        return MonitorOutcome("no_trigger", summary(report), **found)
     if target is None:
-        return MonitorOutcome("dry_run", "drift found; pass --submit or --local to start a run", **found)
+        return MonitorOutcome(
+            "dry_run", f"{', '.join(report['fired'])} fired; pass --submit or --local to start a run", **found
+        )
     marker = f"{monitor_prefix(config.model_name)}submitted/{key}.json"
     if store.exists(marker):
         return MonitorOutcome("duplicate", f"a run was already started for this evidence ({marker})", **found)
@@ -206,6 +282,8 @@ def _start_once(store: Store, config: MonitorConfig, target: RunTarget, marker: 
     claim = {
         "dedupe_key": found["dedupe_key"],
         "report_uri": found["report_uri"],
+        "trigger": found["trigger"],
+        "fired": found["report"]["fired"],
         "run_id": run_id,
         "target": target.name,
         "claimed_at": utc_now(),
@@ -215,13 +293,18 @@ def _start_once(store: Store, config: MonitorConfig, target: RunTarget, marker: 
     except AlreadyExists:
         return MonitorOutcome("duplicate", "another monitor claimed this evidence first", **found)
     try:
-        handle = target.start(found["report_uri"], run_id)
+        handle = target.start(found["report_uri"], run_id, found["trigger"])
     except BaseException:
         store.delete(marker)
         raise
     record = {**claim, "handle": handle, "submitted_at": utc_now()}
     store.put_json(marker, record)
     store.put_json(f"{monitor_prefix(config.model_name)}last-submission.json", record)
+    fired = ", ".join(found["report"]["fired"])
     return MonitorOutcome(
-        "submitted", f"drift found; started run {run_id} on {target.name}", run_id=run_id, handle=handle, **found
+        "submitted",
+        f"{fired} fired; started run {run_id} on {target.name} (trigger {found['trigger']})",
+        run_id=run_id,
+        handle=handle,
+        **found,
     )

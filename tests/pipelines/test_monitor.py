@@ -92,7 +92,7 @@ def test_same_distribution_traffic_submits_nothing(store, fake_kfp, tmp_path):
     publish_champion(store, tmp_path)
     seed_digits(store, SeedConfig(append=True, batches=2, seed=3))  # more data, no shift
     line = monitor(store, fake_kfp, "--submit")
-    assert line.startswith("monitor: no_drift:")
+    assert line.startswith("monitor: no_trigger:")
     assert not fake_kfp.calls("POST", "/runs") and not submitted_markers(store)
     (report_key,) = store.list("monitor/digits/reports/")
     assert store.get_json(report_key)["drift"]["decision"] == "no_drift"
@@ -162,4 +162,4 @@ def test_local_loop_ends_with_a_new_champion_trained_on_the_evidence(store, tmp_
     assert card["trigger"] == "drift" and card["parent_version"] == first
     assert store.get_json(card["trigger_evidence"][len(store.uri) + 1 :])["drift"]["is_drift"] is True
     assert "0003" in card["data"]["batches"]
-    assert monitor(store, None, "--local").startswith(("monitor: cooldown:", "monitor: no_drift:"))  # no second run
+    assert monitor(store, None, "--local").startswith(("monitor: cooldown:", "monitor: no_trigger:"))  # no second run
