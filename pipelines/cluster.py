@@ -46,9 +46,16 @@ def use_store_credentials(task, settings: ClusterSettings) -> None:
 def place_on_gpu_pool(task, settings: ClusterSettings) -> None:
     """The GPU pool for the train task, and CTP_GPUS_REQUESTED so that a pod without usable CUDA
     fails (CUDA_UNAVAILABLE) instead of training on CPU. kfp.local applies task env vars to its
-    subprocesses, so `ctp run` builds the pipeline with gpus=0 (pipelines/local_run.py)."""
+    subprocesses, so `ctp run` builds the pipeline with gpus=0 (pipelines/local_run.py).
+
+    With nodes > 1 the task is only the TrainJob's launcher: a small pod off the GPU pool, so a
+    pool of exactly `nodes` GPU nodes is not short of one (the TrainJob's TrainingRuntime places
+    the workers)."""
     from kfp import kubernetes
 
+    if settings.nodes > 1:
+        task.set_cpu_limit(settings.launcher_cpu).set_memory_limit(settings.launcher_memory)
+        return
     kubernetes.add_pod_label(task, "app.kubernetes.io/component", "training")
     task.set_cpu_limit(settings.train_cpu).set_memory_limit(settings.train_memory)
     if settings.gpus == 0:

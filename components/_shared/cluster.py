@@ -27,8 +27,11 @@ GPUS_REQUESTED_ENV = "CTP_GPUS_REQUESTED"
 class ClusterSettings:
     accelerator_type: str = "nvidia.com/gpu"
     gpus: int = 1  # per training pod (per node of a TrainJob); 0 = CPU
+    nodes: int = 1  # training nodes: > 1 trains on a Kubeflow Trainer TrainJob, launched by a small pod
     train_cpu: str = "8"
     train_memory: str = "32G"
+    launcher_cpu: str = "500m"  # the train task when nodes > 1: it only submits and watches the TrainJob
+    launcher_memory: str = "1Gi"
     step_cpu: str = "2"
     step_memory: str = "4G"
     node_selector_key: str = "ctp.dev/node-pool"
@@ -45,6 +48,8 @@ class ClusterSettings:
     def __post_init__(self):
         if self.gpus < 0:
             raise ConfigError(f"gpus={self.gpus}; must be 0 (CPU) or more")
+        if self.nodes < 1:
+            raise ConfigError(f"nodes={self.nodes}; must be 1 (one training pod) or more (a TrainJob)")
         for field in ("base_image", "trainer_image"):
             ref = getattr(self, field)
             if not ref or any(c.isspace() for c in ref) or ref != ref.strip("/:@"):
@@ -63,6 +68,15 @@ class ClusterSettings:
         base, trainer = (ref.rsplit("/", 1)[1].split(":", 1)[0] for ref in (BASE_IMAGE, TRAINER_IMAGE))
         registry = registry.rstrip("/")
         return {"base_image": f"{registry}/{base}:{tag}", "trainer_image": f"{registry}/{trainer}:{tag}"}
+
+    def check_nodes(self, num_nodes: int) -> None:
+        """The run's num_nodes must match how the train task was compiled: a single training pod
+        holds the GPUs, a multi-node launcher holds none (and must not train itself)."""
+        if (num_nodes > 1) != (self.nodes > 1):
+            raise ConfigError(
+                f"num_nodes={num_nodes} but the pipeline was compiled for {self.nodes} training node(s)",
+                hint=f"recompile with `ctp compile --nodes {num_nodes}`, or run with num_nodes={self.nodes}",
+            )
 
     def to_dict(self) -> dict:
         """The settings as a KFP parameter (JSON): the train step rebuilds them with from_dict."""

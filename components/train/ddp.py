@@ -49,6 +49,7 @@ def train_from_champion(
         init_version=parent or "",
         **hyperparameters,
     )
+    cluster.check_nodes(num_nodes)
     if num_nodes > 1:
         _train_on_trainjob(store, config, num_nodes, nproc_per_node, cluster)
     else:

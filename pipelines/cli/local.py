@@ -91,7 +91,13 @@ def run_command(
 
 @click.command("compile")
 @click.option("-o", "--output", default="dist/continuous_training.yaml", show_default=True)
-@click.option("--gpus", default=ClusterSettings.gpus, show_default=True, help="GPUs for the train step (0 = CPU).")
+@click.option("--gpus", default=ClusterSettings.gpus, show_default=True, help="GPUs per training pod (0 = CPU).")
+@click.option(
+    "--nodes",
+    default=ClusterSettings.nodes,
+    show_default=True,
+    help="Training nodes; > 1 trains on a Kubeflow Trainer TrainJob (the train task then holds no GPU).",
+)
 @click.option("--accelerator-type", default=ClusterSettings.accelerator_type, show_default=True)
 @click.option(
     "--node-selector",
@@ -109,7 +115,7 @@ def run_command(
     help="Secret with MINIO_ACCESS_KEY / MINIO_SECRET_KEY.",
 )
 @image_options
-def compile_command(output, gpus, accelerator_type, node_selector, toleration_key, minio_secret, **images):
+def compile_command(output, gpus, nodes, accelerator_type, node_selector, toleration_key, minio_secret, **images):
     """Compile the pipeline to KFP IR YAML (for the dashboard, `ctp upload` or CI)."""
     from pipelines.continuous_training import compile_pipeline
 
@@ -119,6 +125,7 @@ def compile_command(output, gpus, accelerator_type, node_selector, toleration_ke
     settings = ClusterSettings(
         accelerator_type=accelerator_type,
         gpus=gpus,
+        nodes=nodes,
         node_selector_key=key,
         node_selector_value=value,
         toleration_key=toleration_key,

@@ -8,6 +8,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from components._shared.cluster import ClusterSettings
+from components._shared.errors import ConfigError
 from components._shared.model.network import build_model
 from components._shared.snapshot import Split
 from components.ingest.config import IngestConfig
@@ -87,10 +89,19 @@ def test_multi_node_without_a_cluster_fails_with_one_clear_line(seeded_store, tm
             run_id="r1",
             nproc_per_node=1,
             num_nodes=2,
-            cluster={"namespace": "ml"},
+            cluster=ClusterSettings(nodes=2),
         )
     assert err.value.code == "NO_CLUSTER" and "num_nodes=1" in err.value.hint
     assert seeded_store.get_json("runs/r1/train/config.json")["output_prefix"] == "runs/r1/train/output/"
+
+
+@pytest.mark.parametrize("compiled, run", [(1, 2), (4, 1)])
+def test_a_run_whose_node_count_does_not_match_the_compiled_train_task_is_refused(compiled, run):
+    """A single training pod holds the GPUs; a multi-node launcher holds none and must not train."""
+    with pytest.raises(ConfigError, match=f"compiled for {compiled} training node") as err:
+        ClusterSettings(nodes=compiled).check_nodes(run)
+    assert "ctp compile --nodes" in err.value.hint
+    ClusterSettings(nodes=compiled).check_nodes(compiled)  # a matching run passes
 
 
 def test_distillation_is_kl_to_the_teacher_on_the_rows_it_gets_right_only():
