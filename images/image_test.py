@@ -268,6 +268,20 @@ def make_task_handler():
     return BuildahTaskHandler
 
 
+def cpu_settings(compile_pipeline) -> tuple:
+    """The compile settings' default with gpus=0, as `ctp run` compiles: kfp.local drops resources
+    but keeps task env, so a GPU request would make train fail fast on this CPU-only machine.
+    Taken from compile_pipeline's own default, not by module name; () if it has no such knob."""
+    import dataclasses
+    import inspect
+
+    param = inspect.signature(compile_pipeline).parameters.get("settings")
+    default = param.default if param is not None else None
+    if dataclasses.is_dataclass(default) and "gpus" in {f.name for f in dataclasses.fields(default)}:
+        return (dataclasses.replace(default, gpus=0),)
+    return ()
+
+
 def compiled_spec(path: Path):
     import yaml
     from google.protobuf import json_format
@@ -275,7 +289,7 @@ def compiled_spec(path: Path):
 
     try:
         from pipelines.continuous_training import compile_pipeline
-        compile_pipeline(str(path))
+        compile_pipeline(str(path), *cpu_settings(compile_pipeline))
     except Exception as exc:  # the one entry point this test relies on
         fail(f"compile_pipeline failed: {type(exc).__name__}: {exc}")
     doc = next(yaml.safe_load_all(path.read_text()))
