@@ -15,7 +15,7 @@ from components.deploy_canary.config import DeployConfig, KServeConfig
 from components.evaluate.component import evaluate
 from components.evaluate.config import EvaluateConfig
 from components.ingest.component import ingest
-from components.ingest.config import IngestConfig
+from components.ingest.config import SKIPPED, IngestConfig
 from components.train.component import train
 from components.train.config import TrainConfig
 from components.validate_data.component import validate_data
@@ -66,6 +66,9 @@ def build_pipeline(settings: ClusterSettings = ClusterSettings()):
         canary_percent: int = KServeConfig.canary_percent,
         canary_intervals: int = KServeConfig.intervals,
         prometheus_url: str = KServeConfig.prometheus_url,
+        lease_policy: str = IngestConfig.lease_policy,
+        lease_ttl_seconds: int = IngestConfig.lease_ttl_seconds,
+        lease_wait_seconds: int = IngestConfig.lease_wait_seconds,
     ):
         ingest_task = ingest(
             store_uri=store_uri,
@@ -74,68 +77,73 @@ def build_pipeline(settings: ClusterSettings = ClusterSettings()):
             test_fraction=test_fraction,
             replay_fraction=replay_fraction,
             data_fingerprint=data_fingerprint,
+            lease_policy=lease_policy,
+            lease_ttl_seconds=lease_ttl_seconds,
+            lease_wait_seconds=lease_wait_seconds,
             run_id=run_id,
             job_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
         ).set_display_name("ingest")
         the_run = ingest_task.outputs["Output"]
         snapshot = ingest_task.outputs["snapshot"]
-        validate_task = validate_data(
-            store_uri=store_uri,
-            model_name=model_name,
-            allow_new_classes=allow_new_classes,
-            run_id=the_run,
-            snapshot=snapshot,
-        ).set_display_name("validate-data")
-        train_task = train(
-            store_uri=store_uri,
-            model_name=model_name,
-            init=init,
-            epochs=epochs,
-            batch_size=batch_size,
-            lr=lr,
-            seed=seed,
-            nproc_per_node=nproc_per_node,
-            run_id=the_run,
-            num_nodes=num_nodes,
-            checkpoint_every=checkpoint_every,
-            shrink_perturb=shrink_perturb,
-            patience=patience,
-            distill=distill,
-            cluster=settings.to_dict(),
-            snapshot=snapshot,
-            validation=validate_task.outputs["report"],
-        ).set_display_name("train")
-        evaluate_task = evaluate(
-            store_uri=store_uri,
-            model_name=model_name,
-            min_accuracy=min_accuracy,
-            margin=margin,
-            alpha=alpha,
-            gate_test=gate_test,
-            max_forgetting=max_forgetting,
-            run_id=the_run,
-            snapshot=snapshot,
-            challenger=train_task.outputs["model"],
-        ).set_display_name("evaluate")
-        with dsl.If(evaluate_task.outputs["Output"] == "pass", name="gate-passed"):
-            deploy_task = deploy_canary(
+        # Another run of the model holds the lease: ingest recorded the skip and nothing else runs.
+        with dsl.If(the_run != SKIPPED, name="lease-held"):
+            validate_task = validate_data(
                 store_uri=store_uri,
                 model_name=model_name,
-                dataset=dataset,
-                trigger=trigger,
-                evidence_uri=evidence_uri,
-                min_agreement=min_agreement,
+                allow_new_classes=allow_new_classes,
                 run_id=the_run,
-                deploy_target=deploy_target,
-                kserve_namespace=kserve_namespace,
-                canary_percent=canary_percent,
-                canary_intervals=canary_intervals,
-                prometheus_url=prometheus_url,
+                snapshot=snapshot,
+            ).set_display_name("validate-data")
+            train_task = train(
+                store_uri=store_uri,
+                model_name=model_name,
+                init=init,
+                epochs=epochs,
+                batch_size=batch_size,
+                lr=lr,
+                seed=seed,
+                nproc_per_node=nproc_per_node,
+                run_id=the_run,
+                num_nodes=num_nodes,
+                checkpoint_every=checkpoint_every,
+                shrink_perturb=shrink_perturb,
+                patience=patience,
+                distill=distill,
+                cluster=settings.to_dict(),
                 snapshot=snapshot,
                 validation=validate_task.outputs["report"],
+            ).set_display_name("train")
+            evaluate_task = evaluate(
+                store_uri=store_uri,
+                model_name=model_name,
+                min_accuracy=min_accuracy,
+                margin=margin,
+                alpha=alpha,
+                gate_test=gate_test,
+                max_forgetting=max_forgetting,
+                run_id=the_run,
+                snapshot=snapshot,
                 challenger=train_task.outputs["model"],
-                evaluation=evaluate_task.outputs["report"],
-            ).set_display_name("canary-deploy")
+            ).set_display_name("evaluate")
+            with dsl.If(evaluate_task.outputs["Output"] == "pass", name="gate-passed"):
+                deploy_task = deploy_canary(
+                    store_uri=store_uri,
+                    model_name=model_name,
+                    dataset=dataset,
+                    trigger=trigger,
+                    evidence_uri=evidence_uri,
+                    min_agreement=min_agreement,
+                    run_id=the_run,
+                    deploy_target=deploy_target,
+                    kserve_namespace=kserve_namespace,
+                    canary_percent=canary_percent,
+                    canary_intervals=canary_intervals,
+                    prometheus_url=prometheus_url,
+                    snapshot=snapshot,
+                    validation=validate_task.outputs["report"],
+                    challenger=train_task.outputs["model"],
+                    evaluation=evaluate_task.outputs["report"],
+                ).set_display_name("canary-deploy")
         tasks = (ingest_task, validate_task, train_task, evaluate_task, deploy_task)
         for task in tasks:
             # Components fix their base_image at decoration; each task's container spec is its own

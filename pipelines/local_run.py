@@ -51,7 +51,7 @@ def run_locally(options: LocalRunOptions, run_id: str | None = None) -> str:
             code="CONFIG_INVALID",
             hint=f"choose from {', '.join(sorted(defaults))}",
         )
-    run_id = run_id or new_run_id()
+    run_id = run_id or options.params.get("run_id") or new_run_id()  # --param run_id=... names the run
     # the cache key, as on KFP: the same window ingest will read
     parameters = run_parameters(
         store,
@@ -84,8 +84,16 @@ def run_locally(options: LocalRunOptions, run_id: str | None = None) -> str:
 
 
 def summarize(store: Store, run_id: str, model: str) -> str:
-    evaluation = store.get_json(f"runs/{run_id}/evaluation.json")
     found = store.get_json_with_etag(f"runs/{run_id}/decision.json")
+    if found and found[0]["decision"] == "skip":  # another run held the model's lease: nothing trained
+        return "\n".join(
+            [
+                f"run       {run_id}",
+                f"decision  skip: {found[0]['reason']}",
+                f"artifacts {store.describe(f'runs/{run_id}/')}",
+            ]
+        )
+    evaluation = store.get_json(f"runs/{run_id}/evaluation.json")
     challenger, champion = evaluation["challenger"], evaluation["champion"]
     lines = [
         f"run       {run_id}",

@@ -9,8 +9,10 @@ grow with the split. load_split holds a whole split, for small ones (the test sp
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import hashlib
 import io
+import time
 from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
@@ -22,6 +24,9 @@ from components._shared.errors import IntegrityError
 from components._shared.store import Store, sha256_bytes
 
 SPLITS = ("train", "test")
+RUN_RECORD = "run.json"  # runs/<run>/run.json: the run's model and snapshot fingerprint, written by ingest
+TOMBSTONE = "gc-tombstone.json"  # snapshots/<fp>/gc-tombstone.json while `ctp store gc` deletes that snapshot
+TOMBSTONE_STALE_SECONDS = 600  # a tombstone older than this was left by a gc that died
 
 
 def snapshot_prefix(fingerprint: str) -> str:
@@ -201,3 +206,26 @@ class SplitFile:
     def sample_table(self, size: int, seed: int, **options) -> pa.Table:
         """``sample`` as one table (with the split's schema even when nothing is picked)."""
         return pa.concat_tables([self.schema.empty_table(), *self.sample(size, seed, **options)])
+
+
+def reference_snapshot(
+    store: Store,
+    run_id: str,
+    model: str,
+    fingerprint: str,
+    *,
+    sleep: Callable[[float], None] = time.sleep,
+) -> None:
+    """Ingest, before it reads or writes ``snapshots/<fingerprint>/``: record the run's reference,
+    then wait while a gc that had already marked the snapshot finishes (it will have seen the
+    reference and kept it, or deleted it before the reference; ingest then rebuilds it)."""
+    store.put_json(
+        f"runs/{run_id}/{RUN_RECORD}",
+        {"run_id": run_id, "model": model, "fingerprint": fingerprint, "at": dt.datetime.now(dt.UTC).isoformat()},
+    )
+    tombstone = f"snapshots/{fingerprint}/{TOMBSTONE}"
+    while True:
+        found = store.get_json_with_etag(tombstone)
+        if found is None or time.time() - float(found[0].get("epoch", 0)) >= TOMBSTONE_STALE_SECONDS:
+            return
+        sleep(0.2)

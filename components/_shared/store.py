@@ -20,7 +20,7 @@ import secrets
 import tempfile
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from stat import S_ISREG
@@ -35,6 +35,7 @@ from components._shared.errors import (
     DataValidationError,
     StoreKeyError,
     StoreNotFound,
+    StoreUnavailable,
 )
 from components._shared.retry import RetryPolicy
 
@@ -43,6 +44,7 @@ MAX_KEY_LENGTH = 1024
 MAX_SEGMENT_LENGTH = 255  # NAME_MAX of the filesystems a local store lives on
 _KEY_PART = re.compile(r"[A-Za-z0-9_=+@,:-][A-Za-z0-9._=+@,:-]*")
 _WRITE_ID, _SHA256 = "x-amz-meta-ctp-write-id", "x-amz-meta-ctp-sha256"  # on every S3 PUT of put_bytes
+DELETE_BATCH = 1000  # S3's DeleteObjects limit per request
 PART_SIZE = 5 * 1024 * 1024  # S3's smallest part; larger files are uploaded in parts
 _TMP_PREFIX = ".tmp-"  # a local writer's file before its atomic rename
 # A streamed local object is flushed to disk every this many bytes on a background thread, so the
@@ -183,6 +185,15 @@ class Store(ABC):
 
     @abstractmethod
     def delete(self, key: str) -> None: ...
+
+    def delete_many(self, keys: Iterable[str]) -> int:
+        """Delete ``keys`` (missing ones are fine); returns how many were asked for. A loop here;
+        S3 sends batches of up to 1,000 keys per request (DeleteObjects)."""
+        count = 0
+        for key in keys:
+            self.delete(key)
+            count += 1
+        return count
 
     @abstractmethod
     def put_file(self, key: str, path: str | Path) -> str: ...
@@ -571,6 +582,27 @@ class S3Store(Store):
     def delete(self, key: str) -> None:
         name = self._name(key)
         self._retry(f"delete {key}", lambda: self.client.remove_object(self.bucket, name))
+
+    def delete_many(self, keys: Iterable[str]) -> int:
+        """DeleteObjects (minio ``remove_objects``) in batches of DELETE_BATCH keys, each batch
+        retried on its own (a repeated delete of a gone key is not an error on S3). A key the
+        server refuses fails the call with STORE_UNAVAILABLE naming it."""
+        from minio.deleteobjects import DeleteObject
+
+        keys = [check_key(k) for k in keys]
+        for start in range(0, len(keys), DELETE_BATCH):
+            batch = [DeleteObject(self._name(k)) for k in keys[start : start + DELETE_BATCH]]
+            errors = self._retry(
+                f"delete {len(batch)} objects",
+                lambda batch=batch: list(self.client.remove_objects(self.bucket, iter(batch))),
+            )
+            if errors:
+                first = errors[0]
+                raise StoreUnavailable(
+                    f"{self.uri}: delete refused for {len(errors)} object(s), first {first.name}: {first.code}",
+                    hint="check the credentials' s3:DeleteObject grant on these keys",
+                )
+        return len(keys)
 
     def put_file(self, key: str, path: str | Path) -> str:
         """Files above PART_SIZE go up as a multipart upload, each request retried on its own

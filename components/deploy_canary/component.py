@@ -29,12 +29,13 @@ def deploy_canary(
     import json
     from pathlib import Path
 
+    from components._shared.lease import hold, release
     from components._shared.runtime import step
     from components.deploy_canary.config import DeployConfig, KServeConfig
     from components.deploy_canary.core import card_from_artifacts, deploy
     from components.deploy_canary.kserve import serving_rollout
 
-    with step("deploy-canary", store_uri, run_id) as store:
+    with step("deploy-canary", store_uri, run_id, model=model_name) as store:
         config = DeployConfig(
             model_name=model_name, dataset=dataset, min_agreement=min_agreement, deploy_target=deploy_target
         )
@@ -56,7 +57,10 @@ def deploy_canary(
             trigger=trigger,
             evidence_uri=evidence_uri,
         )
-        record = deploy(store, Path(challenger.path), card, config, rollout)
+        record = deploy(
+            store, Path(challenger.path), card, config, rollout, guard=lambda: hold(store, model_name, run_id)
+        )
+        release(store, model_name, run_id, reason=f"run ended: {record['decision']}")
     with open(decision.path, "w") as handle:
         json.dump(record, handle, indent=2)
     decision.metadata.update({"decision": record["decision"], "version": record["version"]})

@@ -174,8 +174,13 @@ def card_from_artifacts(
     )
 
 
-def deploy(store: Store, challenger_dir: Path, card: dict, config: DeployConfig, rollout=None) -> dict:
+def deploy(
+    store: Store, challenger_dir: Path, card: dict, config: DeployConfig, rollout=None, *, guard=lambda: None
+) -> dict:
     """Register, canary, analyse, promote or roll back. Returns the recorded decision.
+
+    ``guard`` raises unless this run may move the aliases (the component's: it holds the model's
+    lease, lease.hold); it is called before the canary alias moves and before the decision.
 
     ``rollout`` None: the local target (replayed traffic). Otherwise a serving target such as
     kserve.KServeRollout: ``analyse`` canaries the version and watches it, ``finish`` applies
@@ -187,6 +192,7 @@ def deploy(store: Store, challenger_dir: Path, card: dict, config: DeployConfig,
     with tempfile.TemporaryDirectory() as tmp:  # the version carries Triton's model repository too
         files = {name: challenger_dir / name for name in MODEL_FILES}
         registry.publish(version, {**files, **triton.repository(config.model_name, files[ONNX_FILE], Path(tmp))}, card)
+    guard()
     registry.move_alias(CANARY, version, registry.alias(CANARY), run_id=run_id, reason="canary analysis")
     with tempfile.TemporaryDirectory() as tmp:
         champion_onnx = None
@@ -200,6 +206,7 @@ def deploy(store: Store, challenger_dir: Path, card: dict, config: DeployConfig,
             }
         else:
             analysis = rollout.analyse(registry, version, champion_onnx, config)
+    guard()
     decision = _apply(registry, version, champion_ref, card, analysis, run_id)
     if rollout is not None:
         rollout.finish(decision["decision"])

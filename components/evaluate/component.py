@@ -27,11 +27,12 @@ def evaluate(
     import json
     from pathlib import Path
 
+    from components._shared.lease import release
     from components._shared.runtime import step
     from components.evaluate.config import EvaluateConfig
     from components.evaluate.core import evaluate_against_champion, markdown_report
 
-    with step("evaluate", store_uri, run_id) as store:
+    with step("evaluate", store_uri, run_id, model=model_name) as store:
         config = EvaluateConfig(
             min_accuracy=min_accuracy, margin=margin, alpha=alpha, gate_test=gate_test, max_forgetting=max_forgetting
         )
@@ -39,6 +40,8 @@ def evaluate(
             store, model_name, snapshot.metadata["fingerprint"], Path(challenger.path), config
         )
         store.put_json(f"runs/{run_id}/evaluation.json", result)
+        if result["gate"]["decision"] != "pass":  # the run ends here: the next one may start
+            release(store, model_name, run_id, reason="gate failed")
     for side in ("challenger", "champion"):
         for name, value in (result[side] or {}).items():
             if name in ("accuracy", "macro_f1", "ece"):

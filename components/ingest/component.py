@@ -14,16 +14,21 @@ def ingest(
     test_fraction: float,
     replay_fraction: float,
     data_fingerprint: str,
+    lease_policy: str,
+    lease_ttl_seconds: int,
+    lease_wait_seconds: int,
     run_id: str,
     job_id: str,
     snapshot: Output[Dataset],
 ) -> str:
-    """Returns the run id every later step records under (run_id, else the KFP job id)."""
+    """Takes the model's lease and returns the run id every later step records under (run_id,
+    else the KFP job id), or SKIPPED when another run holds the lease (the rest is skipped)."""
     import dataclasses
     import json
 
     from components._shared.runtime import step
-    from components.ingest.config import IngestConfig
+    from components.ingest.config import SKIPPED, IngestConfig
+    from components.ingest.core import begin_run
     from components.ingest.core import ingest as run_ingest
 
     run_id = run_id or job_id
@@ -34,8 +39,18 @@ def ingest(
             test_fraction=test_fraction,
             replay_fraction=replay_fraction,
             expected_fingerprint=data_fingerprint,
+            lease_policy=lease_policy,
+            lease_ttl_seconds=lease_ttl_seconds,
+            lease_wait_seconds=lease_wait_seconds,
         )
-        result = run_ingest(store, config)
+        skip = begin_run(store, config, run_id)
+        if skip:
+            print(f"ctp: ingest: skip: {skip['reason']}", flush=True)
+            with open(snapshot.path, "w") as handle:
+                json.dump(skip, handle, indent=2)
+            return SKIPPED
+    with step("ingest", store_uri, run_id, model=model_name) as store:
+        result = run_ingest(store, config, run_id=run_id)
     with open(snapshot.path, "w") as handle:
         json.dump(dataclasses.asdict(result), handle, indent=2)
     snapshot.metadata.update({"fingerprint": result.fingerprint, "store": store_uri, **result.rows})

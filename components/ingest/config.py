@@ -6,6 +6,8 @@ import dataclasses
 
 from components._shared.errors import ConfigError
 
+SKIPPED = "(skipped)"  # ingest's output when another run holds the model's lease: never a run id (not a key)
+
 
 @dataclasses.dataclass(frozen=True)
 class IngestConfig:
@@ -14,8 +16,18 @@ class IngestConfig:
     expected_fingerprint: str = ""  # computed before the run; "" = accept whatever is there
     replay_fraction: float = 1.0  # share of each class's already-consumed training rows to keep
     model_name: str = "digits"  # whose champion's card holds the watermark
+    lease_policy: str = "skip"  # another run of the model is active: "skip" (end at once) or "wait"
+    lease_ttl_seconds: int = 1800  # a run's lease lapses this long after its last renewal (a killed run)
+    lease_wait_seconds: int = 3600  # "wait": give up (and skip) after this long
 
     def __post_init__(self):
+        if self.lease_policy not in ("skip", "wait"):
+            raise ConfigError(f"lease_policy {self.lease_policy!r} is not skip or wait")
+        if self.lease_ttl_seconds <= 0 or self.lease_wait_seconds < 0:
+            raise ConfigError(
+                f"lease_ttl_seconds {self.lease_ttl_seconds} must be > 0 and lease_wait_seconds "
+                f"{self.lease_wait_seconds} >= 0"
+            )
         if not 0.0 < self.test_fraction < 1.0:
             raise ConfigError(f"test_fraction {self.test_fraction} must be between 0 and 1")
         if not 0.0 <= self.replay_fraction <= 1.0:

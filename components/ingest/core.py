@@ -24,6 +24,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from components._shared import lease, retention
 from components._shared.dataset import (
     BATCH,
     BUCKETS,
@@ -413,7 +414,42 @@ class _Scan:
             self.store.delete(writer.key)
 
 
-def ingest(store: Store, config: IngestConfig) -> IngestResult:
+LEASE_POLL_SECONDS = 5.0
+
+
+def begin_run(store: Store, config: IngestConfig, run_id: str, *, poll_seconds: float = LEASE_POLL_SECONDS) -> dict:
+    """Take the model's lease for this run. Returns {} when it holds it; else the recorded skip
+    decision (runs/<run-id>/decision.json) naming the run that is active."""
+    claim = lease.acquire(
+        store,
+        config.model_name,
+        run_id,
+        config.lease_ttl_seconds,
+        policy=config.lease_policy,
+        wait_seconds=config.lease_wait_seconds,
+        poll_seconds=poll_seconds,
+    )
+    if claim.won:
+        return {}
+    waited = f" (waited {claim.waited_seconds:.0f} s)" if config.lease_policy == "wait" else ""
+    record = {
+        "run_id": run_id,
+        "model": config.model_name,
+        "decision": "skip",
+        "reason": f"another run is active (run {claim.holder}){waited}",
+        "active_run": claim.holder,
+        "lease_policy": config.lease_policy,
+        "waited_seconds": claim.waited_seconds,
+        "version": None,
+        "decided_at": dt.datetime.now(dt.UTC).isoformat(),
+    }
+    store.put_json(f"runs/{run_id}/decision.json", record)
+    return record
+
+
+def ingest(store: Store, config: IngestConfig, *, run_id: str = "") -> IngestResult:
+    """``run_id``: record the run's snapshot reference (runs/<run-id>/run.json) before touching the
+    snapshot, so a concurrent `ctp store gc` keeps it (retention.reference_snapshot)."""
     source = _source(store, config.dataset)
     consumed = consumed_batches(store, config.model_name) if config.replay_fraction < 1.0 else []
     fingerprint = _fingerprint(source, config.test_fraction, config.replay_fraction, consumed)
@@ -424,6 +460,8 @@ def ingest(store: Store, config: IngestConfig) -> IngestResult:
             hint="submit a new run so its cache key matches the data",
             code="FINGERPRINT_MISMATCH",
         )
+    if run_id:
+        retention.reference_snapshot(store, run_id, config.model_name, fingerprint)
     prefix = snapshot_prefix(fingerprint)
     if store.exists(prefix + "manifest.json"):
         return _result(read_manifest(store, fingerprint))

@@ -43,7 +43,7 @@ def train(
         patience=patience,
         distill=distill,
     )
-    with step("train", store_uri, run_id) as store:
+    with step("train", store_uri, run_id, model=model_name) as store:
         meta = train_from_champion(
             store,
             store_uri,

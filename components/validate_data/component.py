@@ -24,7 +24,7 @@ def validate_data(
     from components.validate_data.core import publish, raise_on_errors, validate
 
     fingerprint = snapshot.metadata["fingerprint"]
-    with step("validate-data", store_uri, run_id) as store:
+    with step("validate-data", store_uri, run_id, model=model_name) as store:
         config = ValidateConfig(model_name=model_name, allow_new_classes=allow_new_classes)
         result = validate(store, fingerprint, config)
         keys = publish(store, run_id, result)

@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 from kfp import dsl
 
+from components._shared import lease
 from components._shared.registry import CHAMPION, Registry
 from components._shared.sampledata import SeedConfig, seed_digits
 from components._shared.store import LocalStore
@@ -33,11 +34,15 @@ def test_the_five_wrappers_chain_on_real_artifacts(tmp_path):
         test_fraction=0.2,
         replay_fraction=1.0,
         data_fingerprint="",
+        lease_policy="skip",
+        lease_ttl_seconds=1800,
+        lease_wait_seconds=0,
         run_id="",
         job_id="job-1",
         snapshot=snapshot,
     )
     assert run_id == "job-1" and len(snapshot.metadata["fingerprint"]) == 32
+    assert lease.read(store, "digits").run_id == "job-1"  # ingest took the model's lease
     assert json.loads(Path(snapshot.path).read_text())["rows"]["train"] == snapshot.metadata["train"]
 
     report = artifact(dsl.Artifact, tmp_path, "validation")
@@ -123,6 +128,7 @@ def test_the_five_wrappers_chain_on_real_artifacts(tmp_path):
     )
     assert outcome == "promote"
     assert Registry(store, "digits").alias(CHAMPION).version == decision.metadata["version"]
+    assert lease.read(store, "digits").state == lease.RELEASED  # deploy released it at the end
 
 
 def test_a_failing_step_records_its_one_line_error(tmp_path):
@@ -138,6 +144,9 @@ def test_a_failing_step_records_its_one_line_error(tmp_path):
             test_fraction=0.2,
             replay_fraction=1.0,
             data_fingerprint="",
+            lease_policy="skip",
+            lease_ttl_seconds=1800,
+            lease_wait_seconds=0,
             run_id="r9",
             job_id="",
             snapshot=artifact(dsl.Dataset, tmp_path, "snapshot"),

@@ -200,7 +200,7 @@ def test_cronjob_identity_has_exactly_the_kfp_rights_its_calls_need(mode):
     for cron in find(objs, "CronJob"):
         ((_, pod),) = pod_specs(cron)
         assert pod["serviceAccountName"] == "ctp-runner" and pod["automountServiceAccountToken"] is False
-        if cron["metadata"]["name"] == "ctp-log-compact":  # the store only: no KFP token at all
+        if cron["metadata"]["name"] in ("ctp-gc", "ctp-log-compact"):  # the store only: no KFP token at all
             assert not [v for v in pod["volumes"] if "projected" in v]
             continue
         token = [
@@ -218,7 +218,13 @@ def test_exactly_one_recurring_mechanism():
     cannot create recurring runs (KFP resource "jobs") and the README schedules no `ctp schedule`."""
     objs = rendered("multi-user")
     crons = {c["metadata"]["name"]: c for c in find(objs, "CronJob")}
-    assert set(crons) == {"ctp-monitor", "ctp-recurring", "ctp-log-compact"}
+    assert set(crons) == {"ctp-monitor", "ctp-recurring", "ctp-gc", "ctp-log-compact"}
+    assert crons["ctp-gc"]["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]["command"] == [
+        "ctp",
+        "store",
+        "gc",
+        "--apply",
+    ]
     ((_, pod),) = pod_specs(crons["ctp-recurring"])
     assert pod["containers"][0]["command"] == ["ctp", "submit", "--trigger", "schedule"]
     assert crons["ctp-recurring"]["spec"]["concurrencyPolicy"] == "Forbid"

@@ -38,15 +38,32 @@ def compiled(tmp_path_factory):
     return text, spec, platform
 
 
-def test_five_steps_with_deploy_under_the_gate(compiled):
+def all_tasks(spec: dict) -> dict:
+    """Every task of the pipeline by name: the root DAG's and those inside conditions."""
+    dags = [spec["root"]["dag"]] + [c["dag"] for c in spec["components"].values() if "dag" in c]
+    return {name: task for dag in dags for name, task in dag["tasks"].items()}
+
+
+def test_five_steps_under_the_lease_with_deploy_under_the_gate(compiled):
+    """ingest alone at the root; the rest runs only when ingest took the model's lease (its single
+    str output is not SKIPPED: a condition kfp.local resolves, DESIGN 5); deploy only when the gate
+    passed."""
+    from components.ingest.config import SKIPPED
+
     _, spec, _ = compiled
     root = spec["root"]["dag"]["tasks"]
-    assert set(root) == {"ingest", "validate-data", "train", "evaluate", "condition-1"}
-    condition = root["condition-1"]
-    assert "== 'pass'" in condition["triggerPolicy"]["condition"]
-    assert "evaluate" in condition["dependentTasks"]
-    assert set(spec["components"]["comp-condition-1"]["dag"]["tasks"]) == {"deploy-canary"}
-    assert root["train"]["dependentTasks"] == ["ingest", "validate-data"]
+    assert set(root) == {"ingest", "condition-1"}
+    lease_held = root["condition-1"]
+    assert f"!= '{SKIPPED}'" in lease_held["triggerPolicy"]["condition"]
+    assert "ingest-Output" in lease_held["triggerPolicy"]["condition"]
+    assert lease_held["dependentTasks"] == ["ingest"]
+    inner = spec["components"]["comp-condition-1"]["dag"]["tasks"]
+    assert set(inner) == {"validate-data", "train", "evaluate", "condition-2"}
+    gate = inner["condition-2"]
+    assert "== 'pass'" in gate["triggerPolicy"]["condition"]
+    assert "evaluate" in gate["dependentTasks"]
+    assert set(spec["components"]["comp-condition-2"]["dag"]["tasks"]) == {"deploy-canary"}
+    assert inner["train"]["dependentTasks"] == ["validate-data"]
 
 
 def test_train_requests_gpus_on_the_gpu_pool(compiled):
@@ -79,7 +96,7 @@ def test_fingerprint_is_a_parameter_and_side_effect_steps_never_cache(compiled):
     assert "data_fingerprint" in spec["root"]["inputDefinitions"]["parameters"]
     ingest_inputs = spec["root"]["dag"]["tasks"]["ingest"]["inputs"]["parameters"]
     assert ingest_inputs["data_fingerprint"]["componentInputParameter"] == "data_fingerprint"
-    tasks = spec["root"]["dag"]["tasks"]
+    tasks = all_tasks(spec)
     assert tasks["ingest"]["cachingOptions"].get("enableCache") is True
     for name in ("train", "evaluate"):
         assert not tasks[name]["cachingOptions"].get("enableCache")
@@ -202,7 +219,7 @@ def images_by_executor(spec: dict) -> dict:
 
 
 def train_cluster(spec: dict) -> dict:
-    return spec["root"]["dag"]["tasks"]["train"]["inputs"]["parameters"]["cluster"]["runtimeValue"]["constant"]
+    return all_tasks(spec)["train"]["inputs"]["parameters"]["cluster"]["runtimeValue"]["constant"]
 
 
 def test_compile_pins_the_given_image_references(tmp_path):

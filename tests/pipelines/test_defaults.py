@@ -45,12 +45,13 @@ def task_bindings(spec: dict) -> list[tuple[str, str, str]]:
     """(task, component input, pipeline parameter) for every step input fed by a pipeline
     parameter, also inside the condition's sub-DAG (where it arrives as pipelinechannel--NAME)."""
     dags = [spec["root"]["dag"]] + [c["dag"] for c in spec["components"].values() if "dag" in c]
+    parameters = spec["root"]["inputDefinitions"]["parameters"]  # not an upstream output passed in
     found = []
     for dag in dags:
         for task_name, task in dag["tasks"].items():
             for name, value in task.get("inputs", {}).get("parameters", {}).items():
                 source = value.get("componentInputParameter", "")
-                if task_name in STEP_CONFIGS and source:
+                if task_name in STEP_CONFIGS and source.removeprefix(CHANNEL) in parameters:
                     found.append((task_name, name, source.removeprefix(CHANNEL)))
     return found
 
