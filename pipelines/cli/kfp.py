@@ -11,7 +11,14 @@ import functools
 import click
 
 from components._shared.errors import ConfigError
-from pipelines.cli.options import dataset_option, image_options, image_settings, model_option, store_option
+from pipelines.cli.options import (
+    dataset_option,
+    image_options,
+    image_settings,
+    model_defaults_to_dataset,
+    model_option,
+    store_option,
+)
 from pipelines.kfp_api import DEFAULT_EXPERIMENT
 from pipelines.run_params import DEFAULT_TRIGGER
 
@@ -81,7 +88,7 @@ def kfp_options(func):
 
 def data_options(store_default):
     def decorate(func):
-        func = model_option(envvar="CTP_MODEL")(func)
+        func = model_option(envvar="CTP_MODEL", from_dataset=True)(model_defaults_to_dataset(func))
         func = dataset_option(envvar="CTP_DATASET")(func)
         return store_option(
             "Store the runs read and write: s3://bucket/prefix (MINIO_* env) [env CTP_STORE]", store_default

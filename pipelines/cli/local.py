@@ -8,7 +8,14 @@ from components._shared.cluster import ClusterSettings
 from components._shared.errors import ConfigError
 from components.evaluate.config import EvaluateConfig
 from components.train.config import INIT_POLICIES, TrainConfig
-from pipelines.cli.options import dataset_option, image_options, image_settings, model_option, store_option
+from pipelines.cli.options import (
+    dataset_option,
+    image_options,
+    image_settings,
+    model_defaults_to_dataset,
+    model_option,
+    store_option,
+)
 from pipelines.local_run import LOCAL_NPROC_PER_NODE, LOCAL_PIPELINE_ROOT
 from pipelines.run_params import DEFAULT_TRIGGER
 
@@ -16,7 +23,7 @@ from pipelines.run_params import DEFAULT_TRIGGER
 @click.command("run")
 @store_option()
 @dataset_option()
-@model_option()
+@model_option(from_dataset=True)
 @click.option(
     "--nproc-per-node", default=LOCAL_NPROC_PER_NODE, show_default=True, help="torchrun processes (gloo on CPU)."
 )
@@ -46,6 +53,7 @@ from pipelines.run_params import DEFAULT_TRIGGER
     metavar="KEY=VALUE",
     help="Any other pipeline parameter, e.g. --param max_forgetting=0.05 --param patience=3 (repeatable).",
 )
+@model_defaults_to_dataset
 def run_command(
     store_uri,
     dataset,

@@ -1,5 +1,7 @@
 """Command-line options several `ctp` commands share: one definition each."""
 
+import functools
+
 import click
 
 from components._shared.store import DEFAULT_STORE
@@ -22,7 +24,17 @@ def dataset_option(envvar: str | None = None):
     )
 
 
-def model_option(envvar: str | None = None):
+def model_option(envvar: str | None = None, *, from_dataset: bool = False):
+    """--model. With ``from_dataset`` (commands that also take --dataset) it defaults to the
+    dataset's name; wrap the command in `model_defaults_to_dataset` to fill it in."""
+    if from_dataset:
+        return click.option(
+            "--model",
+            "model_name",
+            envvar=envvar,
+            default=None,
+            help="Registered model name [default: the --dataset name]" + (f" [env {envvar}]" if envvar else ""),
+        )
     return click.option(
         "--model",
         "model_name",
@@ -31,6 +43,22 @@ def model_option(envvar: str | None = None):
         show_default=True,
         help="Registered model name" + (f" [env {envvar}]" if envvar else ""),
     )
+
+
+def resolve_model_name(model_name: str | None, dataset: str) -> str:
+    """The model a command registers or reads: --model (or its env var) when given, else the dataset's name."""
+    return model_name or dataset
+
+
+def model_defaults_to_dataset(func):
+    """Fill in ``model_name`` from ``dataset`` when --model (and its env var) was not given."""
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        kwargs["model_name"] = resolve_model_name(kwargs.get("model_name"), kwargs["dataset"])
+        return func(*args, **kwargs)
+
+    return wrapper
 
 
 def json_option():
