@@ -1,4 +1,4 @@
-"""`ctp data`: sample data for demos and tests."""
+"""`ctp data`: sample data for demos and tests, and importing your own images."""
 
 import click
 
@@ -53,3 +53,35 @@ def seed_command(store_uri, dataset, batches, shift, shift_from, strength, seed,
     click.echo(
         f"wrote {len(written['datasets'])} labelled and {len(written['traffic'])} traffic batches to {store.describe()}"
     )
+
+
+@data.command("import")
+@click.argument("src")
+@click.option("--dataset", required=True, help="Dataset under datasets/<name>/ to add the batch to.")
+@store_option()
+@click.option(
+    "--resize",
+    default="none",
+    show_default=True,
+    help="none: every image must have one size (mixed sizes are an error); WxH: resize all to W x H.",
+)
+@click.option(
+    "--rows-per-part",
+    type=int,
+    default=None,
+    help="Rows per Parquet part file of the batch [default: ImportConfig.rows_per_part, 50,000].",
+)
+@click.option("--progress/--no-progress", default=True, show_default=True, help="Progress bar on stderr.")
+def import_command(src, dataset, store_uri, resize, rows_per_part, progress):
+    """Import SRC as one new labelled batch: a folder or s3://bucket/prefix with one folder per
+    class (torchvision ImageFolder), or a CSV/Parquet manifest of path,label[,id].
+
+    Ids are content hashes (or the manifest's); files imported before are skipped, so a rerun
+    writes nothing. Every problem is listed in one report and then nothing is written."""
+    from components._shared.importer import ImportConfig, import_images, parse_resize
+    from components._shared.store import open_store
+
+    sizing = {"rows_per_part": rows_per_part} if rows_per_part else {}
+    config = ImportConfig(dataset=dataset, resize=parse_resize(resize), progress=progress, **sizing)
+    result = import_images(open_store(store_uri, create_bucket=True), src, config)
+    click.echo(result.summary())
