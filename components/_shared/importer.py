@@ -14,6 +14,7 @@ together; only when there are none are the parts uploaded, into a batch id no on
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import hashlib
 import io
@@ -375,10 +376,16 @@ def import_images(store: Store, src: str, config: ImportConfig) -> ImportResult:
         if not parts.paths:
             return ImportResult(src, None, [], len(entries), 0, skipped, {}, None)
         batch = next_batch_id(store, config.dataset)
-        keys = []
-        for path in parts.paths:
-            key = f"datasets/{config.dataset}/batch={batch}/{path.name}"
-            store.put_file(key, path)
-            keys.append(key)
+        keys: list[str] = []
+        try:
+            for path in parts.paths:
+                key = f"datasets/{config.dataset}/batch={batch}/{path.name}"
+                store.put_file(key, path)
+                keys.append(key)
+        except BaseException:  # a failed upload takes the parts already up back down
+            for key in keys:
+                with contextlib.suppress(Exception):  # the upload's error is the one to report
+                    store.delete(key)
+            raise
     shape = next(iter(shapes))
     return ImportResult(src, batch, keys, len(entries), sum(per_class.values()), skipped, dict(per_class), shape)

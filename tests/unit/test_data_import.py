@@ -291,3 +291,19 @@ def test_models_commands_keep_their_model_default():
     assert "[default: digits]" in out.output
     monitor = CliRunner().invoke(main, ["monitor", "--help"])
     assert "the --dataset name" in monitor.output
+
+
+def test_a_failed_upload_leaves_no_part_behind(local_store, tmp_path, monkeypatch):
+    src = write_local(tmp_path / "src", tree({"a": 4, "b": 2}, size=(4, 4)))
+    original, calls = local_store.put_file, []
+
+    def failing(key, path):
+        calls.append(key)
+        if len(calls) == 2:
+            raise OSError("disk full")
+        return original(key, path)
+
+    monkeypatch.setattr(local_store, "put_file", failing)
+    with pytest.raises(OSError):
+        import_images(local_store, src, config(rows_per_part=3))
+    assert local_store.list("datasets/") == []
