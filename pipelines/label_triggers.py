@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
@@ -25,9 +24,7 @@ from components._shared.errors import CtpError
 from components._shared.model.files import ONNX_FILE
 from components._shared.registry import Registry
 from components._shared.store import Store, read_parquet
-
-if TYPE_CHECKING:
-    from pipelines.monitor import MonitorConfig
+from pipelines.monitor_config import MonitorConfig
 
 
 def new_batches(store: Store, dataset: str, card: dict) -> dict[str, list[str]]:
