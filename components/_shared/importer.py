@@ -16,6 +16,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import dataclasses
+import datetime as dt
 import hashlib
 import io
 import os
@@ -28,7 +29,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from components._shared.dataset import ID, IMAGE, LABEL, MAX_IMAGE_PIXELS, Finding, list_batches
-from components._shared.errors import ConfigError, CtpError, DataValidationError
+from components._shared.errors import AlreadyExists, ConfigError, CtpError, DataValidationError
 from components._shared.store import Store, open_store
 
 ID_HEX = 32  # 128 bits of sha256: collisions are out of reach for any dataset
@@ -274,13 +275,31 @@ def imported_ids(store: Store, dataset: str) -> set[str]:
     return ids
 
 
+def import_record_key(dataset: str, batch: str) -> str:
+    """The import's claim on its batch id (create-only) and, once the parts are up, its record."""
+    return f"datasets/{dataset}/imports/batch={batch}.json"
+
+
 def next_batch_id(store: Store, dataset: str) -> str:
+    """After every batch there is and every batch id an import has claimed."""
     existing = list(list_batches(store, dataset))
+    claimed = store.list(f"datasets/{dataset}/imports/")
+    existing += [k.rsplit("/", 1)[-1][len("batch=") : -len(".json")] for k in claimed if k.endswith(".json")]
     if all(b.isdigit() for b in existing):
         return f"{max((int(b) for b in existing), default=-1) + 1:04d}"
-    import datetime as dt
-
     return dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S%fZ")
+
+
+def claim_batch(store: Store, dataset: str, record: dict) -> str:
+    """A batch id no other import (concurrent or earlier) uses: a create-only claim under imports/."""
+    for _ in range(100):
+        batch = next_batch_id(store, dataset)
+        try:
+            store.put_json(import_record_key(dataset, batch), {**record, "state": "writing"}, create_only=True)
+            return batch
+        except AlreadyExists:
+            continue
+    raise ConfigError(f"could not claim a batch id under datasets/{dataset}/ after 100 tries")
 
 
 class _Parts:
@@ -375,7 +394,8 @@ def import_images(store: Store, src: str, config: ImportConfig) -> ImportResult:
             raise DataValidationError(report(found), code=found[0].code, hint="fix the source, then re-run")
         if not parts.paths:
             return ImportResult(src, None, [], len(entries), 0, skipped, {}, None)
-        batch = next_batch_id(store, config.dataset)
+        record = {"source": src, "created_at": dt.datetime.now(dt.UTC).isoformat(), "per_class": dict(per_class)}
+        batch = claim_batch(store, config.dataset, record)
         keys: list[str] = []
         try:
             for path in parts.paths:
@@ -383,9 +403,11 @@ def import_images(store: Store, src: str, config: ImportConfig) -> ImportResult:
                 store.put_file(key, path)
                 keys.append(key)
         except BaseException:  # a failed upload takes the parts already up back down
-            for key in keys:
+            for key in [*keys, import_record_key(config.dataset, batch)]:
                 with contextlib.suppress(Exception):  # the upload's error is the one to report
                     store.delete(key)
             raise
+        record.update(state="done", batch=batch, keys=keys, imported=sum(per_class.values()), skipped=skipped)
+        store.put_json(import_record_key(config.dataset, batch), record)
     shape = next(iter(shapes))
     return ImportResult(src, batch, keys, len(entries), sum(per_class.values()), skipped, dict(per_class), shape)

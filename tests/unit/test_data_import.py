@@ -307,3 +307,14 @@ def test_a_failed_upload_leaves_no_part_behind(local_store, tmp_path, monkeypatc
     with pytest.raises(OSError):
         import_images(local_store, src, config(rows_per_part=3))
     assert local_store.list("datasets/") == []
+
+
+def test_the_batch_id_is_claimed_create_only(local_store, tmp_path):
+    """A concurrent import that claimed the next id first: this one takes the one after."""
+    from components._shared.importer import import_record_key
+
+    local_store.put_json(import_record_key("pets", "0000"), {"state": "writing"}, create_only=True)
+    result = import_images(local_store, write_local(tmp_path / "src", tree({"a": 1})), config())
+    assert result.batch == "0001"
+    record = local_store.get_json(import_record_key("pets", "0001"))
+    assert record["state"] == "done" and record["keys"] == result.keys and record["per_class"] == {"a": 1}
