@@ -69,6 +69,7 @@ def build_pipeline(settings: ClusterSettings = ClusterSettings()):
         lease_policy: str = IngestConfig.lease_policy,
         lease_ttl_seconds: int = IngestConfig.lease_ttl_seconds,
         lease_wait_seconds: int = IngestConfig.lease_wait_seconds,
+        force: bool = IngestConfig.force,
     ):
         ingest_task = ingest(
             store_uri=store_uri,
@@ -80,6 +81,7 @@ def build_pipeline(settings: ClusterSettings = ClusterSettings()):
             lease_policy=lease_policy,
             lease_ttl_seconds=lease_ttl_seconds,
             lease_wait_seconds=lease_wait_seconds,
+            force=force,
             run_id=run_id,
             job_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
         ).set_display_name("ingest")

@@ -17,18 +17,21 @@ def ingest(
     lease_policy: str,
     lease_ttl_seconds: int,
     lease_wait_seconds: int,
+    force: bool,
     run_id: str,
     job_id: str,
     snapshot: Output[Dataset],
 ) -> str:
     """Takes the model's lease and returns the run id every later step records under (run_id,
-    else the KFP job id), or SKIPPED when another run holds the lease (the rest is skipped)."""
+    else the KFP job id), or SKIPPED when another run holds the lease or no batch is newer than the champion's
+    (the rest is skipped; runs/<run-id>/decision.json says why)."""
     import dataclasses
     import json
 
+    from components._shared import lease
     from components._shared.runtime import step
     from components.ingest.config import SKIPPED, IngestConfig
-    from components.ingest.core import begin_run
+    from components.ingest.core import begin_run, no_new_data
     from components.ingest.core import ingest as run_ingest
 
     run_id = run_id or job_id
@@ -42,8 +45,13 @@ def ingest(
             lease_policy=lease_policy,
             lease_ttl_seconds=lease_ttl_seconds,
             lease_wait_seconds=lease_wait_seconds,
+            force=force,
         )
         skip = begin_run(store, config, run_id)
+        if not skip:
+            skip = no_new_data(store, config, run_id)
+            if skip:
+                lease.release(store, model_name, run_id, reason="skip: no new data")
         if skip:
             print(f"ctp: ingest: skip: {skip['reason']}", flush=True)
             with open(snapshot.path, "w") as handle:

@@ -6,6 +6,7 @@ import dataclasses
 
 from components._shared.errors import ConfigError
 
+LEASE_POLICIES = ("skip", "wait")
 SKIPPED = "(skipped)"  # ingest's output when another run holds the model's lease: never a run id (not a key)
 
 
@@ -19,10 +20,11 @@ class IngestConfig:
     lease_policy: str = "skip"  # another run of the model is active: "skip" (end at once) or "wait"
     lease_ttl_seconds: int = 1800  # a run's lease lapses this long after its last renewal (a killed run)
     lease_wait_seconds: int = 3600  # "wait": give up (and skip) after this long
+    force: bool = False  # train even when no batch is newer than the champion's (else: skip: no new data)
 
     def __post_init__(self):
-        if self.lease_policy not in ("skip", "wait"):
-            raise ConfigError(f"lease_policy {self.lease_policy!r} is not skip or wait")
+        if self.lease_policy not in LEASE_POLICIES:
+            raise ConfigError(f"lease_policy {self.lease_policy!r} is not one of {', '.join(LEASE_POLICIES)}")
         if self.lease_ttl_seconds <= 0 or self.lease_wait_seconds < 0:
             raise ConfigError(
                 f"lease_ttl_seconds {self.lease_ttl_seconds} must be > 0 and lease_wait_seconds "

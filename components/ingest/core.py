@@ -447,6 +447,29 @@ def begin_run(store: Store, config: IngestConfig, run_id: str, *, poll_seconds: 
     return record
 
 
+def no_new_data(store: Store, config: IngestConfig, run_id: str) -> dict:
+    """The recorded skip decision when every labelled batch is one the champion was trained on
+    (its card's data.batches, the watermark) and the run is not forced; else {}. Costs a listing
+    and one card read: a quiet night's scheduled run ends here instead of retraining."""
+    if config.force:
+        return {}
+    consumed = set(consumed_batches(store, config.model_name))
+    batches = list(list_batches(store, config.dataset))
+    if not consumed or not batches or not set(batches) <= consumed:
+        return {}
+    record = {
+        "run_id": run_id,
+        "model": config.model_name,
+        "decision": "skip",
+        "reason": f"no new data: the champion was trained on all {len(batches)} batches of {config.dataset} "
+        f"(newest {batches[-1]}); add a batch, or force=true to retrain anyway",
+        "version": None,
+        "decided_at": dt.datetime.now(dt.UTC).isoformat(),
+    }
+    store.put_json(f"runs/{run_id}/decision.json", record)
+    return record
+
+
 def ingest(store: Store, config: IngestConfig, *, run_id: str = "") -> IngestResult:
     """``run_id``: record the run's snapshot reference (runs/<run-id>/run.json) before touching the
     snapshot, so a concurrent `ctp store gc` keeps it (retention.reference_snapshot)."""

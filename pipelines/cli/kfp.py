@@ -177,7 +177,10 @@ def upload_command(kfp, version_name, description, package, **images):
 @click.option("--trigger", default=DEFAULT_TRIGGER, show_default=True, help="Recorded in the model card.")
 @click.option("--evidence-uri", default="", help="What prompted the run (e.g. a drift report); kept in the card.")
 @click.option("--run-id", default="", help="Default: a new run-<time>-<random> id.")
-def submit_command(kfp, store_uri, dataset, model_name, params, version_name, package, trigger, evidence_uri, run_id):
+@click.option("--force", is_flag=True, help="Train even when no batch is newer than the champion's (else: skip).")
+def submit_command(
+    kfp, store_uri, dataset, model_name, params, version_name, package, trigger, evidence_uri, run_id, force
+):
     """Submit one run to KFP with its data fingerprint computed now."""
     from components._shared.store import open_store
     from pipelines.kfp_api import pipeline_spec, submit
@@ -194,7 +197,7 @@ def submit_command(kfp, store_uri, dataset, model_name, params, version_name, pa
         trigger=trigger,
         run_id=run_id or new_run_id(),
         evidence_uri=evidence_uri,
-        extra=parse_params(params),
+        extra={**({"force": True} if force else {}), **parse_params(params)},
     )
     submitted = submit(client, ref, parameters)
     click.echo(

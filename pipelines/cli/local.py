@@ -7,6 +7,7 @@ import click
 from components._shared.cluster import ClusterSettings
 from components._shared.errors import ConfigError
 from components.evaluate.config import EvaluateConfig
+from components.ingest.config import LEASE_POLICIES, IngestConfig
 from components.train.config import INIT_POLICIES, TrainConfig
 from pipelines.cli.options import (
     dataset_option,
@@ -45,6 +46,14 @@ from pipelines.run_params import DEFAULT_TRIGGER
     "--margin", default=EvaluateConfig.margin, show_default=True, help="Non-inferiority margin vs the champion."
 )
 @click.option("--allow-new-classes", is_flag=True, help="Accept labels the champion has never seen.")
+@click.option("--force", is_flag=True, help="Train even when no batch is newer than the champion's (else: skip).")
+@click.option(
+    "--lease-policy",
+    type=click.Choice(LEASE_POLICIES),
+    default=IngestConfig.lease_policy,
+    show_default=True,
+    help="Another run of this model is active: end at once (skip) or wait for it.",
+)
 @click.option("--pipeline-root", default=LOCAL_PIPELINE_ROOT, show_default=True, help="Local KFP artifacts.")
 @click.option(
     "--param",
@@ -67,6 +76,8 @@ def run_command(
     min_accuracy,
     margin,
     allow_new_classes,
+    force,
+    lease_policy,
     pipeline_root,
     params,
 ):
@@ -83,6 +94,8 @@ def run_command(
         min_accuracy=min_accuracy,
         margin=margin,
         allow_new_classes=allow_new_classes,
+        force=force,
+        lease_policy=lease_policy,
     )
     summary = run_locally(
         LocalRunOptions(

@@ -73,7 +73,8 @@ def test_second_run_skips_while_the_first_trains(seeded, tmp_path):
 def test_second_run_waits_then_trains(seeded, tmp_path):
     first = ctp_run(seeded, tmp_path, "run-a")
     wait_for_lease(seeded, "run-a")
-    second = ctp_run(seeded, tmp_path, "run-b", "lease_policy=wait", "lease_wait_seconds=900")
+    # force: after the wait the data is what run-a trained on (no new batch), and the point is the wait
+    second = ctp_run(seeded, tmp_path, "run-b", "lease_policy=wait", "lease_wait_seconds=900", "force=true")
     out_a, _ = first.communicate(timeout=900)
     out_b, _ = second.communicate(timeout=900)
     assert first.returncode == 0 and second.returncode == 0, out_a + out_b

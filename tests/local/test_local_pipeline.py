@@ -56,6 +56,30 @@ def test_second_run_warm_starts_from_the_first(first_run, tmp_path):
     assert card["champion_metrics"] is not None and card["paired_test"]["test"] == "paired_bootstrap"
 
 
+def test_a_run_on_unchanged_data_skips_in_one_line_and_force_trains(first_run, tmp_path):
+    """No batch newer than the champion's watermark: the run ends after ingest with a recorded
+    `skip: no new data` (a success), trains nothing and frees the lease; force=true retrains."""
+    from components._shared import lease
+
+    store, _, _ = first_run
+    store2 = LocalStore(tmp_path / "store")
+    shutil.copytree(store.root, store2.root, dirs_exist_ok=True)
+    before = Registry(store2, "digits").alias(CHAMPION)
+    summary = run_locally(tiny(store2, tmp_path), run_id="run-quiet")
+    assert "decision  skip: no new data" in summary and "[train]" not in summary
+    assert store2.get_json("runs/run-quiet/decision.json")["decision"] == "skip"
+    assert not store2.exists("runs/run-quiet/evaluation.json") and not store2.list("checkpoints/run-quiet/")
+    assert Registry(store2, "digits").alias(CHAMPION) == before
+    assert lease.read(store2, "digits").state == lease.RELEASED
+    forced = LocalRunOptions(
+        store_uri=store2.uri,
+        pipeline_root=str(tmp_path / "runs"),
+        params={"epochs": 1, "nproc_per_node": 1, "force": True},
+    )
+    run_locally(forced, run_id="run-forced")
+    assert store2.get_json("runs/run-forced/evaluation.json")["challenger"]["n"] > 0
+
+
 @pytest.mark.parametrize(
     "bad_table, code",
     [

@@ -228,3 +228,19 @@ def test_replay_keeps_a_rare_class_that_the_fraction_would_drop(local_store, tmp
     assert np.all((common > 40) & (common < 100)), common  # ~10% of ~670 training rows per class
     share = read_manifest(local_store, result.fingerprint)["window"]["replay_share"]
     assert share == {"0": 0.1, "1": 0.1, "9": 1.0}
+
+
+def test_no_new_data_is_a_recorded_skip_unless_forced_or_new(local_store, tmp_path):
+    from components.ingest.core import no_new_data
+    from tests.unit.test_data_checks import publish_champion
+
+    seed_digits(local_store, SeedConfig(batches=2))
+    assert no_new_data(local_store, IngestConfig(), "r0") == {}  # no champion yet: the first run trains
+    publish_champion(local_store, tmp_path, ingest(local_store, IngestConfig()).fingerprint)
+    skip = no_new_data(local_store, IngestConfig(), "r1")
+    assert skip["decision"] == "skip" and skip["reason"].startswith("no new data")
+    assert local_store.get_json("runs/r1/decision.json") == skip
+    assert no_new_data(local_store, IngestConfig(force=True), "r2") == {}
+    seed_digits(local_store, SeedConfig(batches=1, append=True, seed=4))
+    assert no_new_data(local_store, IngestConfig(), "r3") == {}  # a new batch: train
+    assert not local_store.exists("runs/r2/decision.json") and not local_store.exists("runs/r3/decision.json")
