@@ -72,6 +72,7 @@ FIG = Figures()
 
 # ---------------------------------------------------------------------------------------- build
 
+
 def preflight() -> None:
     if os.geteuid() != 0:
         fail("needs root (buildah builds and runs images as root here)")
@@ -81,8 +82,7 @@ def preflight() -> None:
 
 
 def image_exists(ref: str) -> bool:
-    return subprocess.run(["buildah", "inspect", "--type", "image", ref],
-                          capture_output=True).returncode == 0
+    return subprocess.run(["buildah", "inspect", "--type", "image", ref], capture_output=True).returncode == 0
 
 
 def local_base(rebuild: bool) -> None:
@@ -93,15 +93,32 @@ def local_base(rebuild: bool) -> None:
     t0 = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="ctp-rootfs-") as tmp:
         tar = Path(tmp) / "rootfs.tar"
-        sh("mmdebstrap", "--variant=minbase", f"--include={DEBIAN_PACKAGES}", "--quiet",
-           "--aptopt=Acquire::Check-Valid-Until \"false\"", "bookworm", str(tar),
-           f"deb {DEBIAN_MIRROR} bookworm main", f"deb {DEBIAN_MIRROR} bookworm-updates main",
-           f"deb {DEBIAN_MIRROR}-security bookworm-security main")
+        sh(
+            "mmdebstrap",
+            "--variant=minbase",
+            f"--include={DEBIAN_PACKAGES}",
+            "--quiet",
+            '--aptopt=Acquire::Check-Valid-Until "false"',
+            "bookworm",
+            str(tar),
+            f"deb {DEBIAN_MIRROR} bookworm main",
+            f"deb {DEBIAN_MIRROR} bookworm-updates main",
+            f"deb {DEBIAN_MIRROR}-security bookworm-security main",
+        )
         ctr = sh("buildah", "from", "scratch").strip()
         try:
             sh("buildah", "add", "--quiet", ctr, str(tar), "/")
-            sh("buildah", "config", "--env", "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-               "--env", "LANG=C.UTF-8", "--cmd", "python3", ctr)
+            sh(
+                "buildah",
+                "config",
+                "--env",
+                "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+                "--env",
+                "LANG=C.UTF-8",
+                "--cmd",
+                "python3",
+                ctr,
+            )
             sh("buildah", "commit", "--quiet", "--rm", ctr, LOCAL_BASE)
         except SystemExit:
             subprocess.run(["buildah", "rm", ctr], capture_output=True)
@@ -142,16 +159,27 @@ def build_images(no_cache: bool) -> dict[str, str]:
         target = "image-" + Path(dockerfile).parent.name
         t0 = time.monotonic()
         # TORCH_PIP_ARGS empty: PyPI's torch from this disk, the build .venv has (no pytorch index here)
-        sh("make", "--no-print-directory", target, "IMAGE_ENGINE=buildah", f"BASE_IMAGE={LOCAL_BASE}",
-           "TORCH_PIP_ARGS=", f"IMAGE_BUILD_FLAGS={flags}", cwd=ROOT, capture=False)
+        sh(
+            "make",
+            "--no-print-directory",
+            target,
+            "IMAGE_ENGINE=buildah",
+            f"BASE_IMAGE={LOCAL_BASE}",
+            "TORCH_PIP_ARGS=",
+            f"IMAGE_BUILD_FLAGS={flags}",
+            cwd=ROOT,
+            capture=False,
+        )
         FIG.images[ref] = {"dockerfile": dockerfile, "build_s": time.monotonic() - t0, "size": image_size(ref)}
     return refs
 
 
 # -------------------------------------------------------------------------------------- hygiene
 
+
 def installed_in(rootfs: Path) -> dict[str, str]:
     from packaging.utils import canonicalize_name
+
     out = {}
     for meta in rootfs.glob("opt/venv/lib/python3*/site-packages/*.dist-info/METADATA"):
         text = meta.read_text(errors="replace")
@@ -189,12 +217,18 @@ def hygiene(ref: str) -> None:
     fig["user"] = config.get("User", "")
     ctr = sh("buildah", "from", "--pull=never", "--quiet", ref).strip()
     try:
-        inside = json.loads(sh("buildah", "run", "--isolation", "chroot", ctr, "--", "python3", "-c", PROBE).splitlines()[-1])
+        inside = json.loads(
+            sh("buildah", "run", "--isolation", "chroot", ctr, "--", "python3", "-c", PROBE).splitlines()[-1]
+        )
         rootfs = Path(sh("buildah", "mount", ctr).strip())
-        fig["compilers"] = sorted(c for c in COMPILERS for d in ("usr/bin", "usr/local/bin", "opt/venv/bin")
-                                  if (rootfs / d / c).exists())
-        fig["pip_caches"] = sorted(str(p.relative_to(rootfs)) for base in ("root", "home", "tmp")
-                                   for p in (rootfs / base).glob("**/.cache/pip"))
+        fig["compilers"] = sorted(
+            c for c in COMPILERS for d in ("usr/bin", "usr/local/bin", "opt/venv/bin") if (rootfs / d / c).exists()
+        )
+        fig["pip_caches"] = sorted(
+            str(p.relative_to(rootfs))
+            for base in ("root", "home", "tmp")
+            for p in (rootfs / base).glob("**/.cache/pip")
+        )
         installed = installed_in(rootfs)
         sh("buildah", "umount", ctr)
     finally:
@@ -226,6 +260,7 @@ def hygiene(ref: str) -> None:
 
 
 # ---------------------------------------------------------------------------------- pipeline run
+
 
 def new_container(image: str) -> str:
     # --pull=never: only images built here run; the pod's hostname resolves, as kubelet's
@@ -289,6 +324,7 @@ def compiled_spec(path: Path):
 
     try:
         from pipelines.continuous_training import compile_pipeline
+
         compile_pipeline(str(path), *cpu_settings(compile_pipeline))
     except Exception as exc:  # the one entry point this test relies on
         fail(f"compile_pipeline failed: {type(exc).__name__}: {exc}")
@@ -317,10 +353,19 @@ def run_pipeline(refs: dict[str, str], workdir: Path) -> None:
     server.start()
     try:
         host, port = server.get_host_and_port()
-        env = {"MINIO_ENDPOINT": f"{host}:{port}", "MINIO_ACCESS_KEY": "image-test",
-               "MINIO_SECRET_KEY": "image-test-secret", "MINIO_SECURE": "false"}
-        s3 = boto3.client("s3", endpoint_url=f"http://{host}:{port}", region_name="us-east-1",
-                          aws_access_key_id=env["MINIO_ACCESS_KEY"], aws_secret_access_key=env["MINIO_SECRET_KEY"])
+        env = {
+            "MINIO_ENDPOINT": f"{host}:{port}",
+            "MINIO_ACCESS_KEY": "image-test",
+            "MINIO_SECRET_KEY": "image-test-secret",
+            "MINIO_SECURE": "false",
+        }
+        s3 = boto3.client(
+            "s3",
+            endpoint_url=f"http://{host}:{port}",
+            region_name="us-east-1",
+            aws_access_key_id=env["MINIO_ACCESS_KEY"],
+            aws_secret_access_key=env["MINIO_SECRET_KEY"],
+        )
         s3.create_bucket(Bucket=BUCKET)
         store = f"s3://{BUCKET}/ctp"
 
@@ -343,35 +388,55 @@ def run_pipeline(refs: dict[str, str], workdir: Path) -> None:
         FIG.extra.append(f"pipeline (all tasks, kfp.local + buildah): {time.monotonic() - t0:.1f} s")
 
         ran = [t for t, *_ in FIG.tasks]
-        want = [e["container"]["args"][e["container"]["args"].index("--function_to_execute") + 1]
-                for e in executors.values()]
+        want = [
+            e["container"]["args"][e["container"]["args"].index("--function_to_execute") + 1]
+            for e in executors.values()
+        ]
         missing = sorted(set(want) - set(ran))
         if missing:  # e.g. the dsl.If guard skipped deploy (the kfp.local NamedTuple trap, DESIGN 5)
             fail(f"tasks of the compiled YAML that never ran: {missing}")
 
         ctr = new_container(base_ref)
         try:
-            cmd = ["buildah", "run", "--isolation", "chroot", "--network", "host",
-                   *[f"--env={k}={v}" for k, v in env.items()], ctr, "--",
-                   "ctp", "models", "show", "champion", "--json", "--store", store]
+            cmd = [
+                "buildah",
+                "run",
+                "--isolation",
+                "chroot",
+                "--network",
+                "host",
+                *[f"--env={k}={v}" for k, v in env.items()],
+                ctr,
+                "--",
+                "ctp",
+                "models",
+                "show",
+                "champion",
+                "--json",
+                "--store",
+                store,
+            ]
             shown = subprocess.run(cmd, capture_output=True, text=True)
         finally:
             subprocess.run(["buildah", "rm", ctr], capture_output=True)
         if shown.returncode != 0:
-            fail(f"no champion in the store after the run: {shown.stderr.strip().splitlines()[-1:] }")
+            fail(f"no champion in the store after the run: {shown.stderr.strip().splitlines()[-1:]}")
         champion = json.loads(shown.stdout)
         keys = [o["Key"] for o in s3.list_objects_v2(Bucket=BUCKET, Prefix="ctp/models/").get("Contents", [])]
         if not any(k.endswith("/aliases/champion.json") for k in keys):
             fail("`ctp models show champion` answered, but no aliases/champion.json object exists")
         summary = {k: champion[k] for k in ("version", "model") if k in champion}
         metrics = champion.get("metrics", {})
-        FIG.extra.append(f"champion: {summary or champion.get('version', '?')}"
-                         + (f", accuracy {metrics['accuracy']:.3f}" if isinstance(metrics.get("accuracy"), float) else ""))
+        FIG.extra.append(
+            f"champion: {summary or champion.get('version', '?')}"
+            + (f", accuracy {metrics['accuracy']:.3f}" if isinstance(metrics.get("accuracy"), float) else "")
+        )
     finally:
         server.stop()
 
 
 # ---------------------------------------------------------------------------------------- report
+
 
 def report() -> None:
     print("\n==== make image-test: figures ====")
@@ -379,11 +444,14 @@ def report() -> None:
         print(f"local Debian base (mmdebstrap + import): {FIG.base_seconds:.0f} s")
     for ref, f in FIG.images.items():
         i = f["inside"]
-        print(f"{ref} ({f['dockerfile']})\n"
-              f"  size {f['size']}, build {f['build_s']:.0f} s, {f['distributions']} distributions == images/constraints.txt\n"
-              f"  runs as uid {i['uid']} (USER {f['user']}), writable: {', '.join(i['writable'])}\n"
-              f"  kfp {i['kfp']}, torch {i['torch']} (CUDA {i['cuda']}), pyarrow {i['pyarrow']}: same as .venv\n"
-              f"  compilers: {', '.join(f['compilers']) or 'none'}; pip caches: {', '.join(f['pip_caches']) or 'none'}")
+        print(
+            f"{ref} ({f['dockerfile']})\n"
+            f"  size {f['size']}, build {f['build_s']:.0f} s, "
+            f"{f['distributions']} distributions == images/constraints.txt\n"
+            f"  runs as uid {i['uid']} (USER {f['user']}), writable: {', '.join(i['writable'])}\n"
+            f"  kfp {i['kfp']}, torch {i['torch']} (CUDA {i['cuda']}), pyarrow {i['pyarrow']}: same as .venv\n"
+            f"  compilers: {', '.join(f['compilers']) or 'none'}; pip caches: {', '.join(f['pip_caches']) or 'none'}"
+        )
     print("tasks (in the order they ran):")
     for task, image, seconds, rc in FIG.tasks:
         print(f"  {task:<15} {image:<40} {seconds:6.1f} s  exit {rc}")

@@ -43,17 +43,26 @@ def _lock_module():
 
 # ------------------------------------------------------------------------------------ checkers
 
+
 def built_images() -> dict[str, str]:
     """{image reference: Dockerfile path} as `make images` builds them."""
-    proc = subprocess.run(["make", "-s", "--no-print-directory", "images-print", f"IMAGES_PYTHON={sys.executable}"],
-                          cwd=REPO, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        ["make", "-s", "--no-print-directory", "images-print", f"IMAGES_PYTHON={sys.executable}"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, f"`make images-print` failed: {proc.stderr.strip()}"
     return dict(line.split() for line in proc.stdout.splitlines() if line.strip())
 
 
 def image_violations(executors: dict, images: dict[str, str]) -> list[str]:
-    return [f"{name}: image {e['container']['image']} is not built by `make images` (it builds {sorted(images)})"
-            for name, e in executors.items() if e["container"]["image"] not in images]
+    return [
+        f"{name}: image {e['container']['image']} is not built by `make images` (it builds {sorted(images)})"
+        for name, e in executors.items()
+        if e["container"]["image"] not in images
+    ]
 
 
 def task_modules(container: dict) -> set[str]:
@@ -90,8 +99,9 @@ def dockerfile_context(dockerfile: Path, repo: Path, dest: Path) -> Path:
             for src in srcs:
                 source = repo / src
                 if source.is_dir():
-                    shutil.copytree(source, target_path, dirs_exist_ok=True,
-                                    ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+                    shutil.copytree(
+                        source, target_path, dirs_exist_ok=True, ignore=shutil.ignore_patterns("__pycache__", "*.pyc")
+                    )
                 elif source.is_file():
                     out = target_path / source.name if target.endswith("/") or len(srcs) > 1 else target_path
                     out.parent.mkdir(parents=True, exist_ok=True)
@@ -105,8 +115,24 @@ def dockerfile_context(dockerfile: Path, repo: Path, dest: Path) -> Path:
 def wheel_modules(context: Path, out: Path) -> set[str]:
     """Module names in the wheel pip builds from the staged context: what `pip install .` puts
     into the image."""
-    proc = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index",
-                           "--quiet", "-w", str(out), str(context)], capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "--no-index",
+            "--quiet",
+            "-w",
+            str(out),
+            str(context),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, f"building the project wheel from the Dockerfile's COPYs failed: {proc.stderr[-2000:]}"
     (wheel,) = out.glob("*.whl")
     names = zipfile.ZipFile(wheel).namelist()
@@ -137,8 +163,9 @@ def owning_distribution(module: str) -> str | None:
     return None
 
 
-def module_violations(executors: dict, images: dict[str, str], image_modules: dict[str, set[str]],
-                      pinned: set[str]) -> list[str]:
+def module_violations(
+    executors: dict, images: dict[str, str], image_modules: dict[str, set[str]], pinned: set[str]
+) -> list[str]:
     from packaging.utils import canonicalize_name
 
     problems = []
@@ -149,16 +176,21 @@ def module_violations(executors: dict, images: dict[str, str], image_modules: di
         for module in sorted(task_modules(e["container"])):
             if module.split(".")[0] in PROJECT_TOPS:
                 if module not in image_modules[image]:
-                    problems.append(f"{name}: {module} is not in {image} (not in what {images[image]} COPYs and installs)")
+                    problems.append(
+                        f"{name}: {module} is not in {image} (not in what {images[image]} COPYs and installs)"
+                    )
             else:
                 dist = owning_distribution(module)
                 if dist is None or canonicalize_name(dist) not in pinned:
-                    problems.append(f"{name}: {module} comes from {dist or 'no installed distribution'}, "
-                                    f"which images/constraints.txt does not pin")
+                    problems.append(
+                        f"{name}: {module} comes from {dist or 'no installed distribution'}, "
+                        f"which images/constraints.txt does not pin"
+                    )
     return problems
 
 
 # ------------------------------------------------------------------------------------ fixtures
+
 
 @pytest.fixture(scope="module")
 def images() -> dict[str, str]:
@@ -200,6 +232,7 @@ def pinned() -> set[str]:
 
 # --------------------------------------------------------------------------------------- tests
 
+
 def test_every_task_names_an_image_make_images_builds(executors, images):
     assert executors, "the compiled pipeline has no executors"
     problems = image_violations(executors, images)
@@ -227,8 +260,14 @@ def test_every_project_module_lands_in_both_images(image_modules):
 
 def test_requirements_are_pyprojects_dependencies():
     lock = _lock_module()
-    lines = [l for l in (REPO / "images" / "requirements.txt").read_text().splitlines() if l and not l.startswith("#")]
-    assert lines == lock.runtime_requirements(), "images/requirements.txt differs from pyproject: run `make images-lock`"
+    lines = [
+        line
+        for line in (REPO / "images" / "requirements.txt").read_text().splitlines()
+        if line and not line.startswith("#")
+    ]
+    assert lines == lock.runtime_requirements(), (
+        "images/requirements.txt differs from pyproject: run `make images-lock`"
+    )
 
 
 def test_constraints_pin_the_runtime_closure(pinned):
@@ -241,8 +280,10 @@ def test_constraints_pin_the_runtime_closure(pinned):
 def test_checkers_catch_a_foreign_image_and_missing_modules(tmp_path, images, image_modules, pinned):
     ref = next(iter(images))
     code = "from components.nonexistent.core import run\nimport yaml_not_installed\n"
-    bad = {"exec-x": {"container": {"image": "docker.io/library/python:3.11", "command": ["sh", "-c", "true"]}},
-           "exec-y": {"container": {"image": ref, "command": ["sh", "-ec", "python3 -m kfp.dsl.executor_main", code]}}}
+    bad = {
+        "exec-x": {"container": {"image": "docker.io/library/python:3.11", "command": ["sh", "-c", "true"]}},
+        "exec-y": {"container": {"image": ref, "command": ["sh", "-ec", "python3 -m kfp.dsl.executor_main", code]}},
+    }
     assert any("exec-x" in p for p in image_violations(bad, images))
     problems = module_violations(bad, images, image_modules, pinned)
     assert any("components.nonexistent.core" in p for p in problems), problems
@@ -255,6 +296,8 @@ def test_checkers_catch_a_foreign_image_and_missing_modules(tmp_path, images, im
 def test_checkers_catch_a_dockerfile_that_does_not_copy_pipelines(tmp_path, images):
     dockerfile = REPO / next(iter(images.values()))
     broken = tmp_path / "Dockerfile"
-    broken.write_text("\n".join(l for l in dockerfile.read_text().splitlines() if not l.startswith("COPY pipelines")))
+    broken.write_text(
+        "\n".join(line for line in dockerfile.read_text().splitlines() if not line.startswith("COPY pipelines"))
+    )
     modules = wheel_modules(dockerfile_context(broken, REPO, tmp_path / "ctx"), tmp_path / "wheel")
     assert "components._shared" in modules and not any(m.startswith("pipelines") for m in modules)
