@@ -240,6 +240,7 @@ def test_bad_data_stops_the_steps_before_train_and_keeps_the_champion(local_stor
             lease_policy="skip",
             lease_ttl_seconds=1800,
             lease_wait_seconds=0,
+            force=False,
             run_id="r1",
             job_id="",
             snapshot=snapshot,
