@@ -49,6 +49,7 @@ ROLE_SECRETS = {
     "ctp-s3-steps": "steps",
     "ctp-s3-monitor": "monitor",
     "ctp-s3-compact": "compact",
+    "ctp-s3-gc": "gc",
     "ctp-kserve-s3": "predictor",
 }
 ADMIN_SECRETS = set(ROLE_SECRETS) | {"ctp-minio-root"}
@@ -335,7 +336,7 @@ def test_no_secret_values_and_one_key_per_role(target):
     assert refs["CronJob/" + refs_ns(objs) + "/ctp-monitor"] == {("ctp-s3-monitor", k) for k in S3_KEYS}
     assert refs["CronJob/" + refs_ns(objs) + "/ctp-recurring"] == {("ctp-s3-monitor", k) for k in S3_KEYS}
     assert refs["CronJob/" + refs_ns(objs) + "/ctp-log-compact"] == {("ctp-s3-compact", k) for k in S3_KEYS}
-    assert refs["CronJob/" + refs_ns(objs) + "/ctp-gc"] == {("ctp-s3-monitor", k) for k in S3_KEYS}
+    assert refs["CronJob/" + refs_ns(objs) + "/ctp-gc"] == {("ctp-s3-gc", k) for k in S3_KEYS}
     assert refs["TrainingRuntime/" + refs_ns(objs) + "/ctp-torch-distributed"] == {("ctp-s3-steps", k) for k in S3_KEYS}
 
 

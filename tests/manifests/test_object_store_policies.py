@@ -36,7 +36,7 @@ STORE_URI = find(rendered("base"), "ConfigMap", "ctp-settings")[0]["data"]["CTP_
 BUCKET, _, PREFIX = STORE_URI[len("s3://") :].partition("/")
 POLICIES = {
     role: json.loads((OBJECT_STORE / f"ctp-{role}-policy.json").read_text())
-    for role in ("steps", "monitor", "compact", "predictor")
+    for role in ("steps", "monitor", "compact", "predictor", "gc")
 }
 # The retention planner and sweeper run only in `ctp store gc` (the ctp-gc CronJob), never in a
 # pipeline step; what steps call of it (snapshot.reference_snapshot) lives in snapshot.py.
@@ -147,18 +147,14 @@ def test_steps_policy_covers_exactly_the_prefixes_the_step_code_names():
     assert "monitor" not in derived
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="ctp-gc runs with ctp-s3-monitor, whose policy grants no list/delete outside monitor/: "
-    "the object-store admin must grant them (or give the gc its own role); see manifests/base/ctp-gc-cronjob.yaml",
-)
 def test_gc_credentials_allow_what_the_gc_deletes():
     """`ctp store gc --apply` lists, reads and deletes under the prefixes retention.py names."""
     prefixes = _key_prefixes_in([GC_CODE]) - {"versions"}  # "versions/" is relative to models/<m>/
     assert prefixes == {"checkpoints", "snapshots", "runs", "models", "monitor"}
-    g = grants(POLICIES["monitor"])
+    g = grants(POLICIES["gc"])
     for action in ("s3:ListBucket", "s3:GetObject", "s3:DeleteObject"):
-        assert prefixes <= {p for a, p in g if a == action}, action
+        assert {p for a, p in g if a == action} == prefixes, action  # exactly: nothing it never touches
+    assert {p for a, p in g if a == "s3:PutObject"} == {"snapshots"}  # only its mark-then-sweep tombstones
 
 
 def test_prefix_scanner_is_not_vacuous(tmp_path):
