@@ -156,7 +156,11 @@ def build_pipeline(settings: ClusterSettings = ClusterSettings()):
             use_store_credentials(task, settings)
             if task is not train_task:
                 task.set_cpu_limit(settings.step_cpu).set_memory_limit(settings.step_memory)
-        for task in (train_task, evaluate_task, deploy_task):  # side effects or champion-dependent
+        # No step may be served from KFP's cache: each records under runs/<run-id>/ (a per-run input,
+        # so the cache could never hit anyway), ingest takes the model's lease, and train, evaluate and
+        # deploy depend on the champion of the moment. An unchanged window reuses its snapshot instead
+        # (ingest finds snapshots/<fingerprint>/ already published).
+        for task in tasks:
             task.set_caching_options(False)
         place_on_gpu_pool(train_task, settings)
 

@@ -91,15 +91,17 @@ def test_every_step_gets_credentials_from_the_secret_only(compiled):
         assert not env_names & {"MINIO_ACCESS_KEY", "MINIO_SECRET_KEY"}
 
 
-def test_fingerprint_is_a_parameter_and_side_effect_steps_never_cache(compiled):
+def test_fingerprint_is_a_parameter_and_no_step_is_served_from_the_cache(compiled):
+    """Every step records under runs/<run-id>/ and ingest takes the model's lease: a cache hit
+    would skip both (and with a per-run input it could never hit; issue 14 found one promised)."""
     _, spec, _ = compiled
     assert "data_fingerprint" in spec["root"]["inputDefinitions"]["parameters"]
     ingest_inputs = spec["root"]["dag"]["tasks"]["ingest"]["inputs"]["parameters"]
     assert ingest_inputs["data_fingerprint"]["componentInputParameter"] == "data_fingerprint"
     tasks = all_tasks(spec)
-    assert tasks["ingest"]["cachingOptions"].get("enableCache") is True
-    for name in ("train", "evaluate"):
-        assert not tasks[name]["cachingOptions"].get("enableCache")
+    steps = {name: tasks[name] for name in ("ingest", "validate-data", "train", "evaluate", "deploy-canary")}
+    for name, task in steps.items():
+        assert not task.get("cachingOptions", {}).get("enableCache"), name
 
 
 def test_bad_node_selector_is_a_one_line_error(tmp_path):
