@@ -12,9 +12,9 @@ import click
 
 from components._shared.errors import ConfigError
 from pipelines.cli.options import (
+    cluster_options,
+    cluster_settings,
     dataset_option,
-    image_options,
-    image_settings,
     model_defaults_to_dataset,
     model_option,
     store_option,
@@ -150,19 +150,20 @@ def cluster_store(store_uri: str) -> str:
     help="Version name, e.g. the commit SHA. Default: UTC time + content hash. A name that exists is left as it is.",
 )
 @click.option("--description", default="")
-@image_options
+@cluster_options
 @click.argument("package", required=False, type=click.Path(dir_okay=False))
-def upload_command(kfp, version_name, description, package, **images):
-    """Upload PACKAGE (default: compile the pipeline now, with the --*image* options) as a new
-    pipeline or a new version of it."""
-    from components._shared.cluster import ClusterSettings
+def upload_command(kfp, version_name, description, package, **options):
+    """Upload PACKAGE (default: compile the pipeline now, with the cluster options `ctp compile`
+    takes) as a new pipeline or a new version of it."""
     from pipelines.kfp_api import pipeline_package, upload
 
-    chosen = image_settings(**images)
-    if package and chosen:
-        raise ConfigError("image options apply when ctp upload compiles", hint="give them to `ctp compile` instead")
+    settings, given = cluster_settings(**options)
+    if package and given:
+        raise ConfigError(
+            "cluster and image options apply when ctp upload compiles", hint="give them to `ctp compile` instead"
+        )
     client = connect(kfp)
-    with pipeline_package(package, ClusterSettings(**chosen)) as path:
+    with pipeline_package(package, settings) as path:
         result = upload(client, path, version_name, description)
     click.echo(
         f"{result.action}: pipeline {kfp['pipeline_name']} ({result.pipeline_id}) "

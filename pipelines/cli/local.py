@@ -4,15 +4,13 @@ from pathlib import Path
 
 import click
 
-from components._shared.cluster import ClusterSettings
-from components._shared.errors import ConfigError
 from components.evaluate.config import EvaluateConfig
 from components.ingest.config import LEASE_POLICIES, IngestConfig
 from components.train.config import INIT_POLICIES, TrainConfig
 from pipelines.cli.options import (
+    cluster_options,
+    cluster_settings,
     dataset_option,
-    image_options,
-    image_settings,
     model_defaults_to_dataset,
     model_option,
     store_option,
@@ -112,47 +110,12 @@ def run_command(
 
 @click.command("compile")
 @click.option("-o", "--output", default="dist/continuous_training.yaml", show_default=True)
-@click.option("--gpus", default=ClusterSettings.gpus, show_default=True, help="GPUs per training pod (0 = CPU).")
-@click.option(
-    "--nodes",
-    default=ClusterSettings.nodes,
-    show_default=True,
-    help="Training nodes; > 1 trains on a Kubeflow Trainer TrainJob (the train task then holds no GPU).",
-)
-@click.option("--accelerator-type", default=ClusterSettings.accelerator_type, show_default=True)
-@click.option(
-    "--node-selector",
-    default=f"{ClusterSettings.node_selector_key}={ClusterSettings.node_selector_value}",
-    show_default=True,
-    help="KEY=VALUE label of the GPU node pool.",
-)
-@click.option(
-    "--toleration-key", default=ClusterSettings.toleration_key, show_default=True, help="Taint the GPU pool carries."
-)
-@click.option(
-    "--minio-secret",
-    default=ClusterSettings.minio_secret,
-    show_default=True,
-    help="Secret with MINIO_ACCESS_KEY / MINIO_SECRET_KEY.",
-)
-@image_options
-def compile_command(output, gpus, nodes, accelerator_type, node_selector, toleration_key, minio_secret, **images):
+@cluster_options
+def compile_command(output, **options):
     """Compile the pipeline to KFP IR YAML (for the dashboard, `ctp upload` or CI)."""
     from pipelines.continuous_training import compile_pipeline
 
-    key, sep, value = node_selector.partition("=")
-    if not sep or not key or not value:
-        raise ConfigError(f"--node-selector {node_selector!r} is not KEY=VALUE", hint="e.g. ctp.dev/node-pool=gpu")
-    settings = ClusterSettings(
-        accelerator_type=accelerator_type,
-        gpus=gpus,
-        nodes=nodes,
-        node_selector_key=key,
-        node_selector_value=value,
-        toleration_key=toleration_key,
-        minio_secret=minio_secret,
-        **image_settings(**images),
-    )
+    settings, _ = cluster_settings(**options)
     Path(output).parent.mkdir(parents=True, exist_ok=True)
     compile_pipeline(output, settings)
     click.echo(f"compiled {output}")

@@ -4,6 +4,7 @@ import functools
 
 import click
 
+from components._shared.errors import ConfigError
 from components._shared.store import DEFAULT_STORE
 from components.ingest.config import IngestConfig
 
@@ -97,3 +98,58 @@ def image_settings(base_image, trainer_image, image_registry, image_tag) -> dict
         named = ClusterSettings.image_names(image_registry or images.REGISTRY, image_tag or images.TAG)
     explicit = {"base_image": base_image, "trainer_image": trainer_image}
     return {**named, **{k: v for k, v in explicit.items() if v}}
+
+
+def cluster_options(func):
+    """Where the steps run on a cluster (`ctp compile`, and `ctp upload` when it compiles): GPU
+    pool, nodes, Secret, images. Unset options keep ClusterSettings' defaults (shown in --help);
+    `cluster_settings` builds the settings and says whether any option was given."""
+    from components._shared.cluster import ClusterSettings as C
+
+    options = [
+        click.option("--gpus", type=int, default=None, help=f"GPUs per training pod, 0 = CPU [{C.gpus}]."),
+        click.option(
+            "--nodes",
+            type=int,
+            default=None,
+            help=f"Training nodes; > 1 trains on a Kubeflow Trainer TrainJob, the train task only launches it "
+            f"(no GPU) [{C.nodes}].",
+        ),
+        click.option("--accelerator-type", default=None, help=f"[{C.accelerator_type}]"),
+        click.option(
+            "--node-selector",
+            default=None,
+            help=f"KEY=VALUE label of the GPU node pool [{C.node_selector_key}={C.node_selector_value}].",
+        ),
+        click.option("--toleration-key", default=None, help=f"Taint the GPU pool carries [{C.toleration_key}]."),
+        click.option(
+            "--minio-secret", default=None, help=f"Secret with MINIO_ACCESS_KEY / MINIO_SECRET_KEY [{C.minio_secret}]."
+        ),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return image_options(func)
+
+
+def cluster_settings(gpus, nodes, accelerator_type, node_selector, toleration_key, minio_secret, **images):
+    """(ClusterSettings from the cluster options, whether any was given)."""
+    from components._shared.cluster import ClusterSettings
+
+    chosen = {
+        k: v
+        for k, v in dict(
+            gpus=gpus,
+            nodes=nodes,
+            accelerator_type=accelerator_type,
+            toleration_key=toleration_key,
+            minio_secret=minio_secret,
+        ).items()
+        if v is not None
+    }
+    if node_selector is not None:
+        key, sep, value = node_selector.partition("=")
+        if not sep or not key or not value:
+            raise ConfigError(f"--node-selector {node_selector!r} is not KEY=VALUE", hint="e.g. ctp.dev/node-pool=gpu")
+        chosen.update(node_selector_key=key, node_selector_value=value)
+    chosen.update(image_settings(**images))
+    return ClusterSettings(**chosen), bool(chosen)

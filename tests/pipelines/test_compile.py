@@ -270,3 +270,25 @@ def test_upload_compiles_with_the_image_options(tmp_path):
         assert result.exit_code == 0, result.output
         (spec,) = fake.specs.values()
     assert images_by_executor(spec)["exec-train"] == trainer
+
+
+def test_upload_compiles_with_the_cluster_options_and_refuses_them_for_a_package(tmp_path):
+    """`ctp upload` without a package compiles with `ctp compile`'s cluster options (issue 14: it
+    used to ignore --gpus); with a compiled package they would be silently lost, so they are refused."""
+    from click.testing import CliRunner
+
+    from pipelines.cli import main
+    from tests.pipelines.fake_kfp import FakeKfpApi
+
+    env = {"CTP_NAMESPACE": "ctp"}
+    with FakeKfpApi() as fake:
+        env["KFP_HOST"] = fake.url
+        result = CliRunner().invoke(main, ["upload", "--gpus", "4", "--node-selector", "pool=a100"], env=env)
+        assert result.exit_code == 0, result.output
+        (spec,) = fake.specs.values()
+        package = tmp_path / "ct.yaml"
+        package.write_text("x")
+        refused = CliRunner().invoke(main, ["upload", "--gpus", "2", str(package)], env=env)
+    resources = spec["deploymentSpec"]["executors"]["exec-train"]["container"]["resources"]
+    assert resources["accelerator"]["resourceCount"] == "4"
+    assert refused.exit_code == 2 and "apply when ctp upload compiles" in refused.output
