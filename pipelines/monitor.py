@@ -41,8 +41,9 @@ class RunTarget(Protocol):
 class KfpTarget:
     name = "kfp"
 
-    def __init__(self, kfp: Kfp, ref: PipelineRef, store: Store, config: MonitorConfig):
+    def __init__(self, kfp: Kfp, ref: PipelineRef, store: Store, config: MonitorConfig, params: dict | None = None):
         self.kfp, self.ref, self.store, self.config = kfp, ref, store, config
+        self.params = params or {}  # other run parameters, e.g. deploy_target from the CronJob
 
     def start(self, evidence_uri: str, run_id: str, trigger: str = "drift") -> str:
         params = run_parameters(
@@ -53,6 +54,7 @@ class KfpTarget:
             trigger=trigger,
             run_id=run_id,
             evidence_uri=evidence_uri,
+            extra=self.params,
         )
         return submit(self.kfp, self.ref, params).kfp_run_id
 

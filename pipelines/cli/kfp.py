@@ -15,9 +15,11 @@ from pipelines.cli.options import (
     cluster_options,
     cluster_settings,
     dataset_option,
+    deploy_target_option,
     model_defaults_to_dataset,
     model_option,
     store_option,
+    target_params,
 )
 from pipelines.kfp_api import DEFAULT_EXPERIMENT
 from pipelines.run_params import DEFAULT_TRIGGER
@@ -179,8 +181,20 @@ def upload_command(kfp, version_name, description, package, **options):
 @click.option("--evidence-uri", default="", help="What prompted the run (e.g. a drift report); kept in the card.")
 @click.option("--run-id", default="", help="Default: a new run-<time>-<random> id.")
 @click.option("--force", is_flag=True, help="Train even when no batch is newer than the champion's (else: skip).")
+@deploy_target_option
 def submit_command(
-    kfp, store_uri, dataset, model_name, params, version_name, package, trigger, evidence_uri, run_id, force
+    kfp,
+    store_uri,
+    dataset,
+    model_name,
+    params,
+    version_name,
+    package,
+    trigger,
+    evidence_uri,
+    run_id,
+    force,
+    deploy_target,
 ):
     """Submit one run to KFP with its data fingerprint computed now."""
     from components._shared.store import open_store
@@ -198,7 +212,7 @@ def submit_command(
         trigger=trigger,
         run_id=run_id or new_run_id(),
         evidence_uri=evidence_uri,
-        extra={**({"force": True} if force else {}), **parse_params(params)},
+        extra={**({"force": True} if force else {}), **target_params(deploy_target), **parse_params(params)},
     )
     submitted = submit(client, ref, parameters)
     click.echo(

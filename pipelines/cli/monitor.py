@@ -6,6 +6,7 @@ from components._shared.errors import ConfigError
 from components._shared.store import DEFAULT_STORE
 from components.train.config import TrainConfig
 from pipelines.cli.kfp import cluster_store, connect, data_options, kfp_options, pipeline_ref
+from pipelines.cli.options import deploy_target_option, target_params
 from pipelines.local_run import LOCAL_NPROC_PER_NODE, LOCAL_PIPELINE_ROOT
 from pipelines.metrics import JOB_MONITOR, failure_metrics, monitor_metrics, pushgateway_option
 from pipelines.monitor import MonitorConfig
@@ -74,6 +75,7 @@ from pipelines.monitor import MonitorConfig
 )
 @click.option("--pipeline-root", default=LOCAL_PIPELINE_ROOT, show_default=True, help="With --local.")
 @pushgateway_option
+@deploy_target_option
 def monitor_command(
     kfp,
     store_uri,
@@ -94,6 +96,7 @@ def monitor_command(
     nproc_per_node,
     pipeline_root,
     pushgateway,
+    deploy_target,
 ):
     """Check the retraining triggers against the champion (drift of recent traffic; with
     --min-accuracy/--max-drop its accuracy on new labels; with --min-new-rows the amount of new
@@ -122,7 +125,9 @@ def monitor_command(
     target = None
     if to_kfp:
         client = connect(kfp)
-        target = KfpTarget(client, pipeline_ref(client, version_name, None), store, config)
+        target = KfpTarget(
+            client, pipeline_ref(client, version_name, None), store, config, params=target_params(deploy_target)
+        )
     elif to_local:
         target = LocalTarget(
             LocalRunOptions(
@@ -130,7 +135,7 @@ def monitor_command(
                 dataset=dataset,
                 model_name=model_name,
                 pipeline_root=pipeline_root,
-                params={"epochs": epochs, "nproc_per_node": nproc_per_node},
+                params={"epochs": epochs, "nproc_per_node": nproc_per_node, **target_params(deploy_target)},
             )
         )
     try:

@@ -153,3 +153,22 @@ def cluster_settings(gpus, nodes, accelerator_type, node_selector, toleration_ke
         chosen.update(node_selector_key=key, node_selector_value=value)
     chosen.update(image_settings(**images))
     return ClusterSettings(**chosen), bool(chosen)
+
+
+def deploy_target_option(func):
+    """Where runs this command starts canary-deploy (the CronJobs set it from the ConfigMap);
+    unset: the pipeline's own default."""
+    from components.deploy_canary.config import DEPLOY_TARGETS
+
+    return click.option(
+        "--deploy-target",
+        type=click.Choice(DEPLOY_TARGETS),
+        envvar="CTP_DEPLOY_TARGET",
+        default=None,
+        help="Canary target of the runs started: local (replayed traffic) or kserve "
+        "[env CTP_DEPLOY_TARGET; default: the pipeline's].",
+    )(func)
+
+
+def target_params(deploy_target: str | None) -> dict:
+    return {"deploy_target": deploy_target} if deploy_target else {}

@@ -219,3 +219,21 @@ def test_the_fake_rejects_what_the_real_api_would(fake_kfp, package, s3_store):
         main, ["submit", "--host", fake_kfp.url, "--store", s3_store.uri, "--param", "not_an_input=1"]
     )
     assert result.exit_code == 2 and "not_an_input" in result.output and not fake_kfp.runs
+
+
+def test_the_cronjobs_deploy_target_reaches_the_runs_they_start(fake_kfp, package, s3_store):
+    """`ctp submit` (ctp-recurring) and `ctp monitor --submit`'s KfpTarget take CTP_DEPLOY_TARGET
+    from the ConfigMap and pass it as the run's deploy_target; unset, the pipeline's default holds."""
+    from pipelines.kfp_api import KfpSettings, PipelineRef, connect
+    from pipelines.monitor import KfpTarget, MonitorConfig
+
+    upload(fake_kfp, package)
+    env = {"KFP_HOST": fake_kfp.url, "CTP_STORE": s3_store.uri}
+    assert ctp("submit", env={**env, "CTP_DEPLOY_TARGET": "kserve"}).exit_code == 0
+    assert ctp("submit", env=env).exit_code == 0
+    kfp = connect(KfpSettings(fake_kfp.url, PIPELINE_NAME))
+    target = KfpTarget(kfp, PipelineRef(package=package), s3_store, MonitorConfig(), params={"deploy_target": "kserve"})
+    target.start("s3://x/report.json", "run-monitor", trigger="drift")
+    targets = [c["json"]["runtime_config"]["parameters"].get("deploy_target") for c in fake_kfp.calls("POST", "/runs")]
+    assert targets == ["kserve", None, "kserve"]
+    assert ctp("submit", env={**env, "CTP_DEPLOY_TARGET": "moon"}).exit_code == 2  # not a target: one-line error
