@@ -41,3 +41,25 @@ def train_in_process(store: Store, fingerprint: str, out_dir, **overrides) -> di
         **{"epochs": 3, "checkpoint_every": 0, **overrides},
     )
     return train(config)
+
+
+def ingest_inputs(store_uri: str, *, run_id: str = "", job_id: str = "") -> dict:
+    """The ingest wrapper's parameter inputs as the pipeline passes them by default (IngestConfig's
+    defaults; no lease wait), for calling `ingest.python_func` in tests."""
+    from components.ingest.config import IngestConfig
+
+    c = IngestConfig()
+    return dict(
+        store_uri=store_uri,
+        dataset=c.dataset,
+        model_name=c.model_name,
+        test_fraction=c.test_fraction,
+        replay_fraction=c.replay_fraction,
+        data_fingerprint="",
+        lease_policy=c.lease_policy,
+        lease_ttl_seconds=c.lease_ttl_seconds,
+        lease_wait_seconds=0,
+        force=c.force,
+        run_id=run_id,
+        job_id=job_id,
+    )

@@ -15,6 +15,7 @@ from components.evaluate.component import evaluate
 from components.ingest.component import ingest
 from components.train.component import train
 from components.validate_data.component import validate_data
+from tests.helpers import ingest_inputs
 
 
 def artifact(cls, tmp_path, name):
@@ -28,18 +29,7 @@ def test_the_five_wrappers_chain_on_real_artifacts(tmp_path):
     uri = store.uri
     snapshot = artifact(dsl.Dataset, tmp_path, "snapshot")
     run_id = ingest.python_func(
-        store_uri=uri,
-        dataset="digits",
-        model_name="digits",
-        test_fraction=0.2,
-        replay_fraction=1.0,
-        data_fingerprint="",
-        lease_policy="skip",
-        lease_ttl_seconds=1800,
-        lease_wait_seconds=0,
-        force=False,
-        run_id="",
-        job_id="job-1",
+        **ingest_inputs(uri, run_id="", job_id="job-1"),
         snapshot=snapshot,
     )
     assert run_id == "job-1" and len(snapshot.metadata["fingerprint"]) == 32
@@ -139,18 +129,7 @@ def test_a_failing_step_records_its_one_line_error(tmp_path):
     store = LocalStore(tmp_path / "store")
     with pytest.raises(DataValidationError):
         ingest.python_func(
-            store_uri=store.uri,
-            dataset="digits",
-            model_name="digits",
-            test_fraction=0.2,
-            replay_fraction=1.0,
-            data_fingerprint="",
-            lease_policy="skip",
-            lease_ttl_seconds=1800,
-            lease_wait_seconds=0,
-            force=False,
-            run_id="r9",
-            job_id="",
+            **ingest_inputs(store.uri, run_id="r9", job_id=""),
             snapshot=artifact(dsl.Dataset, tmp_path, "snapshot"),
         )
     line = recorded_error(store, "r9").one_line()

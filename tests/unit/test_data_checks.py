@@ -20,7 +20,7 @@ from components.ingest.config import IngestConfig
 from components.ingest.core import ingest
 from components.validate_data.config import ValidateConfig
 from components.validate_data.core import check_snapshot, load_champion, validate
-from tests.helpers import digits_table, write_batch
+from tests.helpers import digits_table, ingest_inputs, write_batch
 
 
 def publish_champion(store, tmp_path, fingerprint: str, model: str = "digits") -> str:
@@ -231,18 +231,7 @@ def test_bad_data_stops_the_steps_before_train_and_keeps_the_champion(local_stor
     snapshot = _artifact(dsl.Dataset, tmp_path, "snapshot")
     with pytest.raises(DataValidationError) as err:
         run_id = ingest_step.python_func(
-            store_uri=local_store.uri,
-            dataset="digits",
-            model_name="digits",
-            test_fraction=0.2,
-            replay_fraction=1.0,
-            data_fingerprint="",
-            lease_policy="skip",
-            lease_ttl_seconds=1800,
-            lease_wait_seconds=0,
-            force=False,
-            run_id="r1",
-            job_id="",
+            **ingest_inputs(local_store.uri, run_id="r1", job_id=""),
             snapshot=snapshot,
         )
         validate_step.python_func(
