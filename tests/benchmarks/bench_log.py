@@ -4,7 +4,9 @@ within 1.2x of 1x, i.e. memory bounded by the chunk, not the log).
 The raw log is KServe's format (tests/kserve_log.py), one object per event (KServe's default
 ``batchSize: 1``), in moto's S3 server over HTTP. Each compaction runs in its own process
 (`ctp log compact` through pipelines.inference_log.compact) that reports its own peak RSS
-(getrusage ru_maxrss), so the server and the writer are not counted.
+(VmHWM of /proc/self/status), so the server and the writer are not counted. Not getrusage's
+ru_maxrss: Linux carries the parent's high-water mark across fork and exec into the child's
+ru_maxrss, and the parent here holds the whole log (moto keeps objects in memory).
 """
 
 from __future__ import annotations
@@ -22,11 +24,12 @@ import numpy as np
 SMALL, LARGE = int(os.environ.get("CTP_BENCH_LOG_SMALL", 5_000)), int(os.environ.get("CTP_BENCH_LOG_LARGE", 50_000))
 
 CHILD = """
-import json, resource, sys
+import json, sys
 from components._shared.store import open_store
 from pipelines.inference_log import CompactConfig, compact
 report = compact(open_store(sys.argv[1]), CompactConfig(min_age_seconds=0))
-print(json.dumps({"rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "seconds": report.seconds,
+hwm = [line for line in open("/proc/self/status") if line.startswith("VmHWM:")][0]
+print(json.dumps({"rss_mb": int(hwm.split()[1]) / 1024, "seconds": report.seconds,
                   "rows": report.traffic_rows, "predictions": report.prediction_rows, "objects": report.objects}))
 """
 
