@@ -78,7 +78,7 @@ def test_begin_run_skips_with_a_recorded_decision_or_waits(store):
 
 
 def test_bad_lease_settings_are_config_errors():
-    with pytest.raises(CtpError, match="lease_policy 'queue' is not skip or wait"):
+    with pytest.raises(CtpError, match="lease_policy 'queue' is not one of skip, wait"):
         IngestConfig(lease_policy="queue")
     with pytest.raises(CtpError, match="lease_ttl_seconds 0"):
         IngestConfig(lease_ttl_seconds=0)
