@@ -2,8 +2,6 @@
 evidence never a second, same-distribution traffic none. Runs go to FakeKfpApi (no KFP backend
 exists here) or, with --local, through the real pipeline under kfp.local."""
 
-import uuid
-
 import numpy as np
 import pytest
 from click.testing import CliRunner
@@ -12,33 +10,10 @@ from components._shared.dataset import decode_images, list_batches
 from components._shared.model.inputs import pixel_features
 from components._shared.registry import CHAMPION, Registry, new_version_id
 from components._shared.sampledata import SeedConfig, seed_digits
-from components._shared.store import S3Store, read_parquet
+from components._shared.store import read_parquet
 from pipelines.cli import main
-from pipelines.continuous_training import compile_pipeline
-from pipelines.kfp_api import KfpSettings, connect, upload
-from tests.pipelines.fake_kfp import FakeKfpApi
 
 SHIFT = dict(append=True, batches=2, shift="rotation", strength=0.5)
-
-
-@pytest.fixture(scope="module")
-def package(tmp_path_factory):
-    return compile_pipeline(str(tmp_path_factory.mktemp("pkg") / "ct.yaml"))
-
-
-@pytest.fixture
-def fake_kfp(monkeypatch, tmp_path, package):
-    monkeypatch.setenv("KF_PIPELINES_SA_TOKEN_PATH", str(tmp_path / "no-token-here"))
-    with FakeKfpApi() as fake:
-        upload(connect(KfpSettings(fake.url, "ctp-continuous-training")), package)
-        yield fake
-
-
-@pytest.fixture
-def store(s3_env):
-    store = S3Store("ctp-test", f"mon-{uuid.uuid4().hex[:8]}", s3_env)
-    seed_digits(store, SeedConfig(batches=2))
-    return store
 
 
 def publish_champion(store, tmp_path) -> str:

@@ -7,7 +7,6 @@ end uses a champion the real pipeline trained."""
 
 import threading
 import time
-import uuid
 
 import numpy as np
 import pytest
@@ -18,34 +17,11 @@ from components._shared.errors import ConfigError
 from components._shared.model.inputs import pixel_features, to_array
 from components._shared.registry import CHAMPION, Registry, new_version_id
 from components._shared.sampledata import SeedConfig, apply_shift, batch_table, load_digits_uint8, seed_digits
-from components._shared.store import S3Store, parquet_bytes, read_parquet
+from components._shared.store import parquet_bytes, read_parquet
 from pipelines.cli import main
-from pipelines.continuous_training import compile_pipeline
-from pipelines.kfp_api import KfpSettings, connect, upload
 from pipelines.metrics import monitor_metrics
 from pipelines.monitor import MonitorConfig, monitor
-from tests.pipelines.fake_kfp import FakeKfpApi
 from tests.pipelines.test_monitor import SHIFT
-
-
-@pytest.fixture(scope="module")
-def package(tmp_path_factory):
-    return compile_pipeline(str(tmp_path_factory.mktemp("pkg") / "ct.yaml"))
-
-
-@pytest.fixture
-def fake_kfp(monkeypatch, tmp_path, package):
-    monkeypatch.setenv("KF_PIPELINES_SA_TOKEN_PATH", str(tmp_path / "no-token-here"))
-    with FakeKfpApi() as fake:
-        upload(connect(KfpSettings(fake.url, "ctp-continuous-training")), package)
-        yield fake
-
-
-@pytest.fixture
-def store(s3_env):
-    store = S3Store("ctp-test", f"trig-{uuid.uuid4().hex[:8]}", s3_env)
-    seed_digits(store, SeedConfig(batches=2))
-    return store
 
 
 def _onnx_classifier(images: np.ndarray, labels: np.ndarray, path) -> None:
