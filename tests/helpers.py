@@ -63,3 +63,45 @@ def ingest_inputs(store_uri: str, *, run_id: str = "", job_id: str = "") -> dict
         run_id=run_id,
         job_id=job_id,
     )
+
+
+def encode_images(images, fmt: str = "PNG", quality: int = 90) -> list[bytes]:
+    """(N, H, W, C) uint8 -> PNG or JPEG bytes per image (as `ctp data import` stores them)."""
+    import io
+
+    from PIL import Image
+
+    encoded = []
+    for image in images:
+        sink = io.BytesIO()
+        Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image).save(sink, format=fmt, quality=quality)
+        encoded.append(sink.getvalue())
+    return encoded
+
+
+def write_encoded_split(store: Store, fingerprint: str, encoded: list[bytes], labels, group_rows: int = 2048) -> None:
+    """``snapshots/<fingerprint>/train.parquet`` holding images as encoded bytes, in row groups of
+    ``group_rows``: the training split as the loader reads it (no manifest: the stream does not
+    read one)."""
+    from components._shared.dataset import BATCH, IMAGE
+    from components._shared.snapshot import SplitWriter, split_key
+
+    schema = pa.schema(
+        [
+            pa.field(ID, pa.string()),
+            pa.field(BATCH, pa.string()),
+            pa.field(IMAGE, pa.binary()),
+            pa.field(LABEL, pa.int64()),
+        ]
+    )
+    writer = SplitWriter(store, split_key(fingerprint, "train"), schema)
+    for first in range(0, len(encoded), group_rows):
+        rows = range(first, min(first + group_rows, len(encoded)))
+        columns = [
+            [f"img-{i}" for i in rows],
+            ["0000"] * len(rows),
+            encoded[rows.start : rows.stop],
+            labels[rows.start : rows.stop],
+        ]
+        writer.write_table(pa.Table.from_arrays([pa.array(c, t.type) for c, t in zip(columns, schema)], schema=schema))
+    writer.close()

@@ -268,6 +268,30 @@ def _check_encoded_images(column, table, batch) -> tuple[list[Finding], np.ndarr
     return [], np.stack(decoded)
 
 
+def stored_images(table: pa.Table) -> np.ndarray:
+    """The image column indexable by row, without decoding PNG/JPEG: pixels as (N, H, W, C) uint8
+    (a view of a snapshot's raw bytes), encoded images as an object array of their bytes. A loader
+    holds this form for its shuffle window and decodes one batch at a time (decode_stored)."""
+    field = table.schema.field(IMAGE)
+    if not (pa.types.is_binary(field.type) or pa.types.is_large_binary(field.type)):
+        return decode_images(table)
+    encoded = np.empty(table.num_rows, dtype=object)
+    encoded[:] = table.column(IMAGE).to_pylist()
+    return encoded
+
+
+def decode_stored(stored: np.ndarray) -> np.ndarray:
+    """Rows of ``stored_images`` as (N, H, W, C) uint8: pixels as they are, encoded images decoded.
+    Raises ValueError on an undecodable image or images of different shapes."""
+    if stored.dtype != object:
+        return stored
+    images = [_decode_encoded(data) for data in stored]
+    shapes = sorted({image.shape for image in images})
+    if len(shapes) > 1:
+        raise ValueError(f"images of different shapes in one batch: {shapes}")
+    return np.stack(images) if images else np.zeros((0, 1, 1, 1), np.uint8)
+
+
 def _decode_encoded(data: bytes | None) -> np.ndarray:
     from PIL import Image
 
@@ -276,7 +300,9 @@ def _decode_encoded(data: bytes | None) -> np.ndarray:
     with Image.open(io.BytesIO(data)) as img:
         if img.width * img.height > MAX_IMAGE_PIXELS:
             raise ValueError(f"image of {img.width}x{img.height} exceeds {MAX_IMAGE_PIXELS} pixels")
-        array = np.asarray(img.convert("L") if img.mode in ("L", "P", "1", "I", "F") else img.convert("RGB"))
+        if img.mode not in ("L", "RGB"):  # convert() copies even an image already in its mode
+            img = img.convert("L" if img.mode in ("P", "1", "I", "F") else "RGB")
+        array = np.asarray(img)
     return array[..., None] if array.ndim == 2 else array
 
 

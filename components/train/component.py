@@ -22,6 +22,8 @@ def train(
     shrink_perturb: bool,
     patience: int,
     distill: float,
+    flip: bool,
+    crop_pad: int,
     cluster: dict,
     run_id: str,
     snapshot: Input[Dataset],
@@ -42,6 +44,8 @@ def train(
         shrink_perturb=shrink_perturb,
         patience=patience,
         distill=distill,
+        flip=flip,
+        crop_pad=crop_pad,
     )
     with step("train", store_uri, run_id, model=model_name) as store:
         meta = train_from_champion(

@@ -37,6 +37,10 @@ class TrainConfig:
     keep_checkpoints: int = 2  # newest complete checkpoints kept; 0 = all
     loader_workers: int = 0  # DataLoader worker processes reading the snapshot per rank; 0 = in the loop
     shuffle_rows: int = SHUFFLE_ROWS  # rows shuffled together; memory ~ (this + one row group) x image bytes
+    # Augmentation in the loader, per image, seeded (stream.Augment). Off by default: digits and text
+    # are not mirror-symmetric. For photos: flip on, crop_pad ~ 1/8 of the side (the CIFAR recipe: 4 at 32).
+    flip: bool = False  # mirror left-right with probability 1/2
+    crop_pad: int = 0  # random crop of the image zero-padded by this many pixels per side; 0 = off
     output_prefix: str = ""  # also upload the outputs to the store here (multi-node pods)
 
     def __post_init__(self):
@@ -46,6 +50,8 @@ class TrainConfig:
             raise ConfigError("epochs and batch_size must be >= 1 and lr > 0")
         if self.checkpoint_every < 0 or self.keep_checkpoints < 0 or self.patience < 0 or self.loader_workers < 0:
             raise ConfigError("checkpoint_every, keep_checkpoints, patience and loader_workers must be >= 0")
+        if self.crop_pad < 0:
+            raise ConfigError(f"crop_pad {self.crop_pad} must be >= 0", hint="0 turns the random crop off")
         if self.shuffle_rows < 1:
             raise ConfigError(f"shuffle_rows {self.shuffle_rows} must be >= 1")
         if self.checkpoint_every and not self.run_id:

@@ -35,7 +35,7 @@ from components._shared.store import open_store
 from components.train import checkpoint
 from components.train.config import TrainConfig
 from components.train.faults import FaultPlan
-from components.train.stream import TrainStream, validation_mask
+from components.train.stream import Augment, TrainStream, validation_mask
 
 REFERENCE_ROWS = 1000
 SHRINK, PERTURB = 0.4, 0.1  # shrink-and-perturb factors from Ash & Adams (2020)
@@ -163,6 +163,12 @@ def train(config: TrainConfig) -> dict | None:
     torch.manual_seed(config.seed)
     store = open_store(config.store_uri)
     manifest = read_manifest(store, config.fingerprint)
+    image_shape = list(manifest["image_shape"])
+    if config.crop_pad >= min(image_shape[:2]):
+        raise ConfigError(
+            f"crop_pad {config.crop_pad} is not smaller than the images' side ({image_shape[0]}x{image_shape[1]})",
+            hint="use about 1/8 of the side, or 0 for no random crop",
+        )
     _verify_train_split(store, config.fingerprint, manifest, info)
     stream = TrainStream(
         store,
@@ -173,9 +179,9 @@ def train(config: TrainConfig) -> dict | None:
         seed=config.seed,
         val_fraction=config.val_fraction if config.patience else 0.0,
         shuffle_rows=config.shuffle_rows,
+        augment=Augment(config.flip, config.crop_pad),
     )
     val_split = stream.validation
-    image_shape = list(manifest["image_shape"])
     arch = architecture_for(image_shape)
     with tempfile.TemporaryDirectory() as tmp:
         weights, meta_path = _champion_files(store, config, Path(tmp))
@@ -211,6 +217,7 @@ def train(config: TrainConfig) -> dict | None:
         "batch_size": config.batch_size,
         "lr": config.lr,
         "seed": config.seed,
+        "augment": {"flip": config.flip, "crop_pad": config.crop_pad},
         "fingerprint": config.fingerprint,
         "train_rows": stream.rows,
         "train_seconds": progress.train_seconds,
@@ -455,6 +462,8 @@ class _Loop:
             "world_size": self.info.world_size,
             "loader_workers": c.loader_workers,
             "shuffle_rows": c.shuffle_rows,
+            "flip": c.flip,
+            "crop_pad": c.crop_pad,
             "distill": c.distill,
             "distill_temperature": c.distill_temperature,
         }

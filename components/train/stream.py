@@ -17,12 +17,18 @@ k // W of share k % W (shares differ by at most one batch, the larger ones first
 ``set_epoch(epoch, skip_batches)`` tells each share which of its batches were already done; the
 loader's workers then take the shares rotated by skip_batches, so the next batch comes first.
 
+Images stay in their stored form (snapshot pixels, or PNG/JPEG bytes) in the window; each batch
+is decoded, augmented (``Augment``: seeded by the batch's place in the rank's epoch, so a resumed
+run draws the same) and made a tensor in the worker that yields it: with loader workers, decoding
+runs in parallel and memory holds a window of encoded bytes, not of pixels.
+
 Validation (early stopping): rows whose id falls in the validation carve never enter the
 stream. A seeded uniform sample of at most VALIDATION_ROWS of them is held in memory once.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 
 import numpy as np
@@ -30,7 +36,16 @@ import pyarrow as pa
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
-from components._shared.dataset import ID, IMAGE, LABEL, bucket_cut, decode_images, stable_buckets
+from components._shared.dataset import (
+    ID,
+    IMAGE,
+    LABEL,
+    bucket_cut,
+    decode_images,
+    decode_stored,
+    stable_buckets,
+    stored_images,
+)
 from components._shared.errors import DataValidationError
 from components._shared.snapshot import Split, SplitFile, split_from_table
 from components._shared.store import Store
@@ -38,6 +53,41 @@ from components.train.config import SHUFFLE_ROWS
 
 VALIDATION_ROWS = 10_000  # at most this many carved rows are kept for validation (a uniform sample)
 VALIDATION_SEED = 0  # the validation sample does not change with the training seed
+AUGMENT_STREAM = 0xA06  # keeps the augmentation draws apart from the shuffle's
+
+
+@dataclasses.dataclass(frozen=True)
+class Augment:
+    """Per-image random augmentation of a uint8 (N, H, W, C) batch: the CIFAR recipe (He et al. 2016;
+    torchvision's RandomCrop(size, padding) then RandomHorizontalFlip): shift by up to ``crop_pad``
+    pixels each way with zero fill, i.e. pad and crop back to the same size, then mirror left-right
+    with probability 1/2. Both off by default: digits and text are not mirror-symmetric."""
+
+    flip: bool = False
+    crop_pad: int = 0
+
+    @property
+    def active(self) -> bool:
+        return self.flip or self.crop_pad > 0
+
+    def __call__(self, images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        if self.crop_pad:
+            images = _shifted(images, rng.integers(-self.crop_pad, self.crop_pad + 1, size=(len(images), 2)))
+        if self.flip:
+            flipped = rng.random(len(images)) < 0.5
+            images[flipped] = images[flipped, :, ::-1]
+        return images
+
+
+def _shifted(images: np.ndarray, shifts: np.ndarray) -> np.ndarray:
+    """Image i moved by shifts[i] = (dy, dx): out[y, x] = image[y + dy, x + dx], zero outside."""
+    out = np.zeros_like(images)
+    h, w = images.shape[1:3]
+    for i, (dy, dx) in enumerate(shifts.tolist()):
+        out[i, max(-dy, 0) : h - max(dy, 0), max(-dx, 0) : w - max(dx, 0)] = images[
+            i, max(dy, 0) : h - max(-dy, 0), max(dx, 0) : w - max(-dx, 0)
+        ]
+    return out
 
 
 def validation_mask(ids: list[str], fraction: float) -> np.ndarray:
@@ -75,8 +125,9 @@ class TrainStream(IterableDataset):
         seed: int = 0,
         val_fraction: float = 0.0,
         shuffle_rows: int = SHUFFLE_ROWS,
+        augment: Augment = Augment(),
     ):
-        self.store, self.fingerprint, self.seed = store, fingerprint, seed
+        self.store, self.fingerprint, self.seed, self.augment = store, fingerprint, seed, augment
         self.batch_size, self.world_size, self.rank, self.val_fraction = batch_size, world_size, rank, val_fraction
         self.window_rows = max(1, shuffle_rows // batch_size) * batch_size  # whole batches: none spans two
         with SplitFile(store, fingerprint, "train") as split:
@@ -126,18 +177,26 @@ class TrainStream(IterableDataset):
                 stop = min(start + self.window_rows, high)
                 if stop > resume_at:  # windows done before a restart are not even read
                     rng = np.random.default_rng([self.seed, self.epoch, self.rank, worker, workers, start])
-                    yield from self._shuffled(rows.read(offset + start, offset + stop), rng, max(resume_at - start, 0))
+                    window = rows.read(offset + start, offset + stop)
+                    yield from self._shuffled(window, rng, start, max(resume_at - start, 0))
 
     def _shuffled(
-        self, window: tuple[np.ndarray, np.ndarray], rng: np.random.Generator, skip_rows: int
+        self, window: tuple[np.ndarray, np.ndarray], rng: np.random.Generator, start: int, skip_rows: int
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """A window's rows in batches, in a seeded order, after the first ``skip_rows``. The window
-        is released when this returns, before the next one is read."""
-        images, labels = window
+        """A window's rows in batches, in a seeded order, after the first ``skip_rows``; ``start`` is
+        the window's first row in the rank's epoch. The window is released when this returns, before
+        the next one is read."""
+        stored, labels = window
         order = rng.permutation(len(labels))
         for first in range(skip_rows, len(order), self.batch_size):
             take = order[first : first + self.batch_size]
-            yield torch.from_numpy(images[take]), torch.from_numpy(labels[take])
+            images = decode_stored(stored[take])
+            if self.augment.active:
+                batch = (start + first) // self.batch_size  # the same draw however the epoch is split or resumed
+                images = self.augment(
+                    images, np.random.default_rng([AUGMENT_STREAM, self.seed, self.epoch, self.rank, batch])
+                )
+            yield torch.from_numpy(images), torch.from_numpy(labels[take])
 
     def sample_images(self, size: int, seed: int) -> np.ndarray:
         """A seeded uniform sample of up to ``size`` training rows' images (validation rows
@@ -157,8 +216,9 @@ class TrainStream(IterableDataset):
 
 
 class _EpochRows:
-    """An epoch's training rows as one sequence: the row groups in the epoch's order, concatenated.
-    Holds the last row group read, since consecutive windows usually share one."""
+    """An epoch's training rows as one sequence: the row groups in the epoch's order, concatenated,
+    images in their stored form. Holds the last row group read, since consecutive windows usually
+    share one."""
 
     def __init__(self, split: SplitFile, order: np.ndarray, group_rows: list[int], keep):
         self.split, self.order, self.keep = split, order, keep
@@ -183,5 +243,5 @@ class _EpochRows:
             table = self.split.read_group(group, [ID, IMAGE, LABEL] if self.keep else [IMAGE, LABEL])
             if self.keep:
                 table = table.filter(pa.array(self.keep(table)))
-            self.cached = (group, decode_images(table), table.column(LABEL).to_numpy().astype(np.int64))
+            self.cached = (group, stored_images(table), table.column(LABEL).to_numpy().astype(np.int64))
         return self.cached[1], self.cached[2]

@@ -36,6 +36,18 @@ from pipelines.run_params import DEFAULT_TRIGGER
     show_default=True,
     help="auto: warm-start from the champion when compatible.",
 )
+@click.option(
+    "--flip/--no-flip",
+    default=TrainConfig.flip,
+    show_default=True,
+    help="Augment: mirror training images left-right at random (photos; not digits or text).",
+)
+@click.option(
+    "--crop-pad",
+    default=TrainConfig.crop_pad,
+    show_default=True,
+    help="Augment: random crop of each training image zero-padded by this many pixels (about 1/8 of the side).",
+)
 @click.option("--trigger", default=DEFAULT_TRIGGER, show_default=True, help="Recorded in the model card.")
 @click.option(
     "--min-accuracy", default=EvaluateConfig.min_accuracy, show_default=True, help="Gate for the first model."
@@ -70,6 +82,8 @@ def run_command(
     batch_size,
     lr,
     init,
+    flip,
+    crop_pad,
     trigger,
     min_accuracy,
     margin,
@@ -89,6 +103,8 @@ def run_command(
         batch_size=batch_size,
         lr=lr,
         init=init,
+        flip=flip,
+        crop_pad=crop_pad,
         min_accuracy=min_accuracy,
         margin=margin,
         allow_new_classes=allow_new_classes,

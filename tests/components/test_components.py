@@ -65,6 +65,8 @@ def test_the_five_wrappers_chain_on_real_artifacts(tmp_path):
         shrink_perturb=False,
         patience=0,
         distill=0.0,
+        flip=False,
+        crop_pad=0,
         cluster={},
         seed=0,
         nproc_per_node=1,
