@@ -54,11 +54,10 @@ import numpy as np
 from components._shared.dataset import Finding
 from components._shared.errors import AlreadyExists, ConfigError, StoreNotFound, StoreUnavailable
 from components._shared.store import Store, check_prefix
+from components.deploy_canary.config import LOG_PREFIX, VERSION_ANNOTATION  # the InferenceService's logger
 
 REQUEST_TYPE = "org.kubeflow.serving.inference.request"  # kserve pkg/logger/worker.go CEInferenceRequest
 RESPONSE_TYPE = "org.kubeflow.serving.inference.response"  # CEInferenceResponse
-VERSION_ANNOTATION = "ctp.dev/version"  # set on the InferenceService by components/deploy_canary/kserve.py
-LOG_PREFIX = "inference-log/"
 STATE_PREFIX = "compaction/"
 ERROR, WARNING = "error", "warning"
 READERS = 8  # concurrent object reads within a chunk

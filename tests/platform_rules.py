@@ -6,7 +6,9 @@ and feed them deliberately broken objects.
 
 Versions read (no cluster exists here; all of this was verified by reading the sources):
   kubeflow/pipelines 2.17.0, kubeflow/manifests v1.11.0, kubeflow/dashboard v2.0.0 (profile
-  controller), kubeflow/trainer v2.3.0, kserve/kserve v0.15.2, and the Kubernetes Pod Security
+  controller), kubeflow/trainer v2.3.0, kserve/kserve v0.16.0 (the payload logger's blob storage
+  first appears there; checked unchanged in v0.17.0 and v0.18.0), prometheus/pushgateway and the
+  prometheus-community prometheus-pushgateway chart (main branch as stored), and the Kubernetes Pod Security
   Standards (kubernetes.io/docs/concepts/security/pod-security-standards, policy version v1.32).
 """
 
@@ -17,7 +19,10 @@ KFP_VERSION = "2.17.0"
 KUBEFLOW_MANIFESTS_VERSION = "v1.11.0"
 PROFILE_CONTROLLER_VERSION = "kubeflow/dashboard v2.0.0"
 TRAINER_VERSION = "v2.3.0"
-KSERVE_VERSION = "v0.15.2"
+KSERVE_VERSION = "v0.16.0"
+# spec.predictor.logger.storage (LoggerStorageSpec, pkg/apis/serving/v1beta1/inference_service.go)
+# and the agent's blob store (pkg/logger/store.go) are new in v0.16.0: the floor for the inference log.
+KSERVE_LOGGER_FLOOR = "v0.16.0"
 PSS_POLICY_VERSION = "v1.32"
 
 # KFP backends before 2.16 set no securityContext on driver/launcher pods
@@ -120,13 +125,30 @@ TRAINJOB_POD_PATCH_FIELDS = {
     "terminationGracePeriodSeconds",
 }
 
-# ----------------------------------------------------------------------------- KServe (v0.15.2)
+# ----------------------------------------------------------------------------- KServe (v0.16.0)
 # pkg/apis/serving/v1beta1/component.go: ComponentExtensionSpec.labels "will be added to the
 # component pod"; pkg/constants/constants.go InferenceServiceLabel.
 KSERVE_ISVC_POD_LABEL = "serving.kserve.io/inferenceservice"
-# python/kserve/kserve/storage/storage.py _download_s3: bucket.objects.filter(Prefix=...) then
-# GetObject per key: the predictor needs s3:ListBucket (with that prefix) and s3:GetObject.
+# python/storage/kserve_storage/kserve_storage.py _download_s3: bucket.objects.filter(Prefix=...)
+# then GetObject per key: the predictor needs s3:ListBucket (with that prefix) and s3:GetObject.
 KSERVE_S3_ACTIONS = {"s3:ListBucket", "s3:GetObject"}
+# Ports a request reaches in the predictor pod. pkg/constants/constants.go:
+# InferenceServiceDefaultHttpPort "8080" (the model server), InferenceServiceDefaultAgentPort 9081
+# (the agent sidecar, injected for the payload logger). Serverless: Knative's queue-proxy takes
+# the request on 8012 and forwards inside the pod (agent_injector.go sets its USER_PORT to 9081).
+# Raw deployment with a logger: the predictor Service's targetPort is the agent's 9081
+# (pkg/controller/v1beta1/inferenceservice/reconcilers/service/service_reconciler.go).
+KSERVE_MODEL_PORT = 8080
+KSERVE_AGENT_PORT = 9081
+KNATIVE_QUEUE_PROXY_PORT = 8012
+
+# ----------------------------------------------------------------------------- Prometheus Pushgateway
+# prometheus/pushgateway main.go: webflag.AddFlags(app, ":9091"), the default listen address.
+# prometheus-community/helm-charts charts/prometheus-pushgateway/templates/_helpers.tpl: pods
+# labelled app.kubernetes.io/name: prometheus-pushgateway (selectorLabels), containerPort 9091.
+PUSHGATEWAY_PORT = 9091
+PUSHGATEWAY_POD_LABELS = {"app.kubernetes.io/name": "prometheus-pushgateway"}
+PUSHGATEWAY_NAMESPACE = "monitoring"  # a convention, not upstream's: the policy names it, the admin may patch it
 
 # ----------------------------------------------------------------------------- Pod Security
 # The published checks, policy version v1.32. Baseline:
@@ -335,6 +357,47 @@ def egress_allows(
                 if peer_labels is None:
                     continue
                 if "namespaceSelector" in peer:
+                    if not selector_matches(peer["namespaceSelector"], ns_labels):
+                        continue
+                elif peer_namespace != pod_namespace:
+                    continue
+                if selector_matches(peer.get("podSelector", {}), peer_labels):
+                    return True
+    return False
+
+
+def ingress_allows(
+    policies: list[dict],
+    pod_labels: dict,
+    pod_namespace: str,
+    *,
+    peer_labels: dict,
+    peer_namespace: str,
+    port: int,
+    protocol: str = "TCP",
+) -> bool:
+    """Would NetworkPolicies let a pod (peer_labels in peer_namespace) connect to a pod with
+    pod_labels on its port ``port``? Same semantics as egress_allows, for Ingress rules."""
+    selecting = [
+        p
+        for p in policies
+        if "Ingress" in p["spec"].get("policyTypes", ["Ingress"])
+        and p["metadata"].get("namespace") == pod_namespace
+        and selector_matches(p["spec"].get("podSelector", {}), pod_labels)
+    ]
+    if not selecting:
+        return True
+    for policy in selecting:
+        for rule in policy["spec"].get("ingress") or []:
+            ports = rule.get("ports")
+            if ports and not any(p.get("protocol", "TCP") == protocol and _port_matches(p, port) for p in ports):
+                continue
+            peers = rule.get("from")
+            if not peers:
+                return True
+            for peer in peers:
+                if "namespaceSelector" in peer:
+                    ns_labels = {"kubernetes.io/metadata.name": peer_namespace}
                     if not selector_matches(peer["namespaceSelector"], ns_labels):
                         continue
                 elif peer_namespace != pod_namespace:

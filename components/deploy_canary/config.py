@@ -7,6 +7,11 @@ import dataclasses
 from components._shared.errors import ConfigError
 
 DEPLOY_TARGETS = ("local", "kserve")
+# The served InferenceService's payload logger and `ctp log compact` (pipelines/inference_log.py)
+# agree on these two: where under the store the logger writes, and the InferenceService
+# annotation (copied onto every logged event) that says which ctp version served it.
+LOG_PREFIX = "inference-log/"
+VERSION_ANNOTATION = "ctp.dev/version"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -30,7 +35,9 @@ class DeployConfig:
 class KServeConfig:
     name: str = "digits"  # the InferenceService
     namespace: str = "ctp"
-    service_account: str = "ctp-kserve"  # manifests/base/ctp-kserve-serviceaccount.yaml
+    service_account: str = "ctp-kserve"  # the predictor pod: manifests/base/ctp-kserve-serviceaccount.yaml
+    model_storage_key: str = "ctp-predictor"  # its read-only S3 key: this entry of KServe's storage-config Secret
+    logger_service_account: str = "ctp-logger"  # the payload logger's S3 key: manifests/base/ctp-logger-*
     canary_percent: int = 10
     intervals: int = 3
     interval_seconds: float = 60.0

@@ -3,9 +3,10 @@ with ``canaryTrafficPercent``, watched for N intervals, then promoted or rolled 
 
 The InferenceService is built with the kubernetes client's models and sent through
 ``CustomObjectsApi``; it is the only object the step touches. Its predictor runs as the committed
-ServiceAccount ``ctp-kserve`` (manifests/base), which names the S3 Secret the cluster admin
-creates once (manifests/README.md): the step never sees or writes credentials, so the runner Role
-needs no access to Secrets. Patches are JSON merge patches: ``null`` removes a field.
+ServiceAccount ``ctp-kserve`` (manifests/base); the S3 keys are in Secrets the cluster admin
+creates once (manifests/README.md) and the InferenceService only names them: the step never sees
+or writes credentials, so the runner Role needs no access to Secrets. Patches are JSON merge
+patches: ``null`` removes a field.
 
 Serving runtime: KServe's stock runtime for ``modelFormat: onnx`` is Triton
 (``kserve-tritonserver`` ClusterServingRuntime: supportedModelFormats onnx, protocolVersions
@@ -21,10 +22,21 @@ PropagateRawStatus), so the two counters cannot be compared. A patch that change
 changes the predictor's pod template; it has been reconciled when the child's generation moved
 past the one seen before the patch and, in serverless mode, a new revision exists and is the
 latest ready one (ComponentStatusSpec latestCreatedRevision == latestReadyRevision).
+
+Inference log: ``spec.predictor.logger`` turns on KServe's payload logger (an agent sidecar in the
+predictor pod, KServe >= 0.16 for blob storage) writing every request and response under the
+store's ``inference-log/``, which ``ctp log compact`` reads. Two S3 identities, each least
+privilege: the storage initializer reads models with the ``storage-config`` Secret entry named
+by ``model.storage.key``; the logger writes with the Secret behind ServiceAccount ``ctp-logger``
+(``logger.storage.serviceAccountName``). The predictor's own ServiceAccount names no Secret on
+purpose: KServe gives the agent the pod ServiceAccount's S3 keys first and the logger's second,
+and its env merge keeps the first ``secretKeyRef`` (pkg/webhook/admission/pod/agent_injector.go
+InjectAgent, pkg/utils/utils.go MergeEnvs), so a key there would be the one the logger writes with.
 """
 
 from __future__ import annotations
 
+import copy
 import time
 import urllib.parse
 import urllib.request
@@ -39,7 +51,7 @@ from components._shared.errors import ConfigError, CtpError
 from components._shared.model import triton
 from components._shared.model.serving import onnx_probabilities
 from components._shared.store import Store, read_parquet
-from components.deploy_canary.config import DeployConfig, KServeConfig
+from components.deploy_canary.config import LOG_PREFIX, VERSION_ANNOTATION, DeployConfig, KServeConfig
 from components.deploy_canary.core import NO_TRAFFIC, compare_predictions
 
 GROUP, VERSION, PLURAL, KIND = "serving.kserve.io", "v1beta1", "inferenceservices", "InferenceService"
@@ -56,23 +68,48 @@ P99_LATENCY_QUERY = (
 
 
 POD_LABELS = {"app.kubernetes.io/part-of": "ctp", "app.kubernetes.io/component": "predictor"}
-VERSION_ANNOTATION = "ctp.dev/version"
 READY_POLL_SECONDS = 5.0
+# The logger's storage needs path, key and parameters set (v1beta1 validateLogger); the agent reads
+# only path and parameters.format. "credentials" is the key KServe fills in when none is given.
+LOGGER_STORAGE = {"path": "", "key": "credentials", "parameters": {"format": "json"}}
+
+
+def _s3_root(store_uri: str) -> str:
+    if not store_uri.startswith("s3://"):
+        raise ConfigError(
+            f"store {store_uri} is not on S3; KServe can only load models from s3://",
+            hint="run with --store s3://bucket/prefix, or deploy_target=local",
+        )
+    return store_uri.rstrip("/")
 
 
 def storage_uri(store_uri: str, model: str, version: str) -> str:
     """The version's Triton model repository on S3 (``<model>/1/model.onnx`` and
     ``<model>/config.pbtxt`` inside it): KServe downloads it to /mnt/models, Triton's
     ``--model-store``."""
-    if not store_uri.startswith("s3://"):
-        raise ConfigError(
-            f"store {store_uri} is not on S3; KServe can only load models from s3://",
-            hint="run with --store s3://bucket/prefix, or deploy_target=local",
-        )
-    return f"{store_uri.rstrip('/')}/models/{model}/versions/{version}/{triton.REPOSITORY_DIR}/"
+    return f"{_s3_root(store_uri)}/models/{model}/versions/{version}/{triton.REPOSITORY_DIR}/"
 
 
-def inference_service(config: KServeConfig, uri: str, version: str) -> dict:
+def log_url(store_uri: str) -> str:
+    """The payload logger's URL: the store's raw inference log, where ``ctp log compact`` reads.
+    KServe takes the host as the bucket and the path as the key prefix (pkg/logger/store.go)."""
+    return f"{_s3_root(store_uri)}/{LOG_PREFIX.rstrip('/')}"
+
+
+def payload_logger(config: KServeConfig, url: str) -> dict:
+    """``spec.predictor.logger``: every request and response to blob storage at ``url``, each event
+    carrying the served version (the annotation is on every predictor pod of that revision)."""
+    return {
+        "url": url,
+        "mode": "all",
+        "metadataAnnotations": [VERSION_ANNOTATION],
+        "storage": {"serviceAccountName": config.logger_service_account, **copy.deepcopy(LOGGER_STORAGE)},
+    }
+
+
+def inference_service(config: KServeConfig, uri: str, version: str, logger_url: str) -> dict:
+    """The InferenceService serving ``uri`` (a Triton model repository, storage_uri), its payload
+    logger writing to ``logger_url`` (log_url)."""
     from kubernetes import client
 
     metadata = client.V1ObjectMeta(
@@ -95,10 +132,12 @@ def inference_service(config: KServeConfig, uri: str, version: str) -> dict:
                 "labels": dict(POD_LABELS),  # ComponentExtensionSpec: added to the predictor pods
                 "annotations": {"sidecar.istio.io/inject": "false"},
                 "securityContext": serialize(pod_security),  # PredictorSpec inlines a PodSpec
+                "logger": payload_logger(config, logger_url),
                 "model": {
                     "modelFormat": {"name": "onnx"},
                     "protocolVersion": "v2",  # the Triton runtime speaks v2 and grpc-v2 only
                     "storageUri": uri,
+                    "storage": {"key": config.model_storage_key},  # the storage initializer's S3 key
                     # ModelSpec inlines a Container, merged over the runtime's kserve-container
                     "securityContext": serialize(container_security),
                 },
@@ -249,11 +288,12 @@ class KServeRollout:
                 return None
             raise
 
-    def start(self, uri: str, version: str) -> None:
+    def start(self, uri: str, version: str, logger_url: str) -> None:
         """Create the InferenceService (first model) or patch it to canary the new version."""
         self.before = self.current()
         if self.before is None:
-            self.custom.create_namespaced_custom_object(**self._isvc(body=inference_service(self.config, uri, version)))
+            body = inference_service(self.config, uri, version, logger_url)
+            self.custom.create_namespaced_custom_object(**self._isvc(body=body))
             self.created = True
         else:
             self.patch(canary_patch(uri, version, self.config.canary_percent))
@@ -306,7 +346,7 @@ class KServeRollout:
             f"InferenceService {self.config.namespace}/{self.config.name} not serving {version} within "
             f"{self.config.ready_timeout_seconds:.0f} s ({why}); {restored}",
             code="KSERVE_NOT_READY",
-            hint="kubectl describe inferenceservice; check the model files and the S3 Secret (manifests/README.md)",
+            hint="kubectl describe inferenceservice; check the model files and storage-config (manifests/README.md)",
         )
 
     def restore(self, before: dict, ours: str) -> str:
@@ -359,7 +399,7 @@ class KServeRollout:
     def analyse(self, registry, version: str, champion_onnx: Path | None, config: DeployConfig) -> dict:
         """Canary the version, then judge it over N intervals; stops at the first failing one."""
         uri = storage_uri(registry.store.uri, registry.model, version)
-        self.start(uri, version)
+        self.start(uri, version, log_url(registry.store.uri))
         status = self.wait_ready()
         if status is None:
             return {
@@ -367,8 +407,8 @@ class KServeRollout:
                 "storage_uri": uri,
                 "inference_service": self.identity(),
                 "reason": f"InferenceService {self.config.name} "
-                f"not Ready within {self.config.ready_timeout_seconds:.0f} s ({self.last_reason}; check the S3 "
-                f"Secret behind ServiceAccount {self.config.service_account}: manifests/README.md)",
+                f"not Ready within {self.config.ready_timeout_seconds:.0f} s ({self.last_reason}; check entry "
+                f"{self.config.model_storage_key} of Secret storage-config: manifests/README.md)",
             }
         if champion_onnx is None:
             return {

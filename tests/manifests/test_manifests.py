@@ -50,7 +50,8 @@ ROLE_SECRETS = {
     "ctp-s3-monitor": "monitor",
     "ctp-s3-compact": "compact",
     "ctp-s3-gc": "gc",
-    "ctp-kserve-s3": "predictor",
+    "storage-config": "predictor",  # KServe's Secret: entry ctp-predictor (InferenceService model.storage.key)
+    "ctp-logger-s3": "logger",
 }
 ADMIN_SECRETS = set(ROLE_SECRETS) | {"ctp-minio-root"}
 S3_KEYS = {"MINIO_ACCESS_KEY", "MINIO_SECRET_KEY"}
@@ -354,6 +355,8 @@ def test_admin_secrets_are_documented():
         "AWS_SECRET_ACCESS_KEY",
         "serving.kserve.io/s3-endpoint",
         "serving.kserve.io/s3-usehttps",
+        "serving.kserve.io/s3-region",
+        "serving.kserve.io/s3-usevirtualbucket",
         *sorted(S3_KEYS),
         "MINIO_ROOT_USER",
         "MINIO_ROOT_PASSWORD",

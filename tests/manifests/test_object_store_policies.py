@@ -9,9 +9,14 @@ allows exactly the keys its code touches, taken from the code, not restated by h
 - compact (ctp-s3-compact, the ctp-log-compact CronJob): the real `ctp log compact` against the
   recording S3 server, on a raw log in KServe's format (tests/kserve_log.py) holding a truncated
   object and an interrupted chunk: allowed, and every grant used.
-- predictor (ctp-kserve-s3): what KServe's storage initializer does with the storageUri the
-  canary step builds (kserve/kserve v0.15.2 python/kserve/kserve/storage/storage.py _download_s3:
-  ListObjects with Prefix, then GetObject per key).
+- predictor (entry ctp-predictor of KServe's storage-config Secret): what KServe's storage
+  initializer does with the storageUri the canary step builds (kserve/kserve v0.16.0
+  python/storage/kserve_storage/kserve_storage.py _download_s3: ListObjects with Prefix, then
+  GetObject per key).
+- logger (ctp-logger-s3): what KServe's blob-storage payload logger does with the logger URL the
+  canary step builds: one PutObject per event (kserve/kserve v0.16.0 pkg/logger/store.go
+  BlobStore.Store -> pkg/agent/storage/s3.go UploadObject, an s3manager upload of one small
+  object), sent to the recording S3 server; nothing else.
 
 The policies are AWS IAM policy documents, Allow-only (SeaweedFS's embedded IAM cannot Deny:
 kubeflow/pipelines 2.17.0 .../pipelines-profile-controller/sync.py; MinIO reads the same JSON).
@@ -21,6 +26,7 @@ from __future__ import annotations
 
 import ast
 import fnmatch
+import io
 import json
 import re
 import threading
@@ -36,7 +42,7 @@ STORE_URI = find(rendered("base"), "ConfigMap", "ctp-settings")[0]["data"]["CTP_
 BUCKET, _, PREFIX = STORE_URI[len("s3://") :].partition("/")
 POLICIES = {
     role: json.loads((OBJECT_STORE / f"ctp-{role}-policy.json").read_text())
-    for role in ("steps", "monitor", "compact", "predictor", "gc")
+    for role in ("steps", "monitor", "compact", "predictor", "gc", "logger")
 }
 # The retention planner and sweeper run only in `ctp store gc` (the ctp-gc CronJob), never in a
 # pipeline step; what steps call of it (snapshot.reference_snapshot) lives in snapshot.py.
@@ -181,6 +187,55 @@ def test_predictor_policy_is_what_kserve_needs_for_the_uri_the_canary_builds():
     assert allowed(policy, "s3:GetObject", f"arn:aws:s3:::{bucket}/{key_prefix}model.onnx")
     top = key_prefix[len(PREFIX) + 1 :].split("/", 1)[0]
     assert grants(policy) == {("s3:ListBucket", top), ("s3:GetObject", top)}
+
+
+# ----------------------------------------------------------------------------- logger
+def test_logger_policy_allows_exactly_the_puts_the_payload_logger_makes(recording_s3):
+    """The payload logger of the InferenceService the canary step builds (components/
+    deploy_canary/kserve.py inference_service) writes each event with one PutObject to the key
+    KServe's store.go derives (tests/unit/test_kserve.py kserve_log_key). Those requests, sent to
+    the recording S3 server, are allowed by ctp-logger-policy.json, which grants nothing but
+    s3:PutObject under the prefix the compaction reads: the logger cannot read, list or delete
+    anything, not even the log it wrote."""
+    from components._shared.store import S3Store
+    from components.deploy_canary.kserve import inference_service, log_url, storage_uri
+    from pipelines.inference_log import LOG_PREFIX
+    from tests.unit.test_kserve import CONFIG, kserve_log_key
+
+    recorder, settings = recording_s3
+    bucket = f"ctp-logger-{uuid.uuid4().hex[:8]}"
+    S3Store(bucket, PREFIX, settings).put_bytes("ready", b"")  # creates the bucket: the admin's, not recorded
+    store_uri = f"s3://{bucket}/{PREFIX}"
+    isvc = inference_service(CONFIG, storage_uri(store_uri, "digits", "v1"), "v1", log_url(store_uri))
+    logger = isvc["spec"]["predictor"]["logger"]
+    client = S3Store(bucket, PREFIX, settings).client
+    recorder.requests.clear()
+    recorder.on = True
+    try:
+        for kind in ("request", "response"):
+            put_bucket, key = kserve_log_key(logger, CONFIG.namespace, CONFIG.name, "e1", kind)
+            client.put_object(put_bucket, key, io.BytesIO(b"{}"), 2)
+    finally:
+        recorder.on = False
+    requests = [(a, r.replace(f":::{bucket}", f":::{BUCKET}"), p) for a, r, p in recorder.requests]
+    assert [a for a, _, _ in requests] == ["s3:PutObject", "s3:PutObject"]
+    policy = POLICIES["logger"]
+    assert all(allowed(policy, *r) for r in requests), requests
+    assert grants(policy) == {("s3:PutObject", LOG_PREFIX.rstrip("/"))}
+    written = requests[0][1]
+    for action in ("s3:GetObject", "s3:DeleteObject"):
+        assert not allowed(policy, action, written)
+    assert not allowed(policy, "s3:ListBucket", f"arn:aws:s3:::{BUCKET}", f"{PREFIX}/{LOG_PREFIX}")
+    assert not allowed(policy, "s3:PutObject", f"arn:aws:s3:::{BUCKET}/{PREFIX}/traffic/digits/x.parquet")
+
+
+def test_the_logger_and_the_compaction_share_the_raw_log_prefix_only():
+    """What the logger may write, the compaction may list, read and delete: the same top-level
+    prefix, and the logger's is its only grant."""
+    (logged,) = {p for _, p in grants(POLICIES["logger"])}
+    compact = grants(POLICIES["compact"])
+    assert {("s3:ListBucket", logged), ("s3:GetObject", logged), ("s3:DeleteObject", logged)} <= compact
+    assert ("s3:PutObject", logged) not in grants(POLICIES["predictor"]) | compact
 
 
 # ----------------------------------------------------------------------------- monitor: recorded

@@ -301,7 +301,8 @@ def test_store_port_is_the_pod_port_behind_the_configured_endpoint(variant):
     2.17.0 manifests/kustomize/third-party/seaweedfs/base/seaweedfs/seaweedfs-service.yaml;
     launcher default backend/src/v2/objectstore/config.go "seaweedfs.kubeflow:9000"). The opt-in
     MinIO listens on 9000. Every ctp pod that reads the store (triggers, task pods, training
-    workers, the predictor) may reach the pod port behind MINIO_ENDPOINT, and the
+    workers, the predictor: its storage initializer, and the payload logger's agent sidecar
+    that writes inference-log/) may reach the pod port behind MINIO_ENDPOINT, and the
     Service port 9000 alone (no 8333) would not do for SeaweedFS."""
     objs = rendered(variant)
     ns, policies = _ns(objs), _policies(objs)
@@ -516,12 +517,75 @@ def test_trainingruntime_without_gpu_pool_has_no_placement():
 
 # ----------------------------------------------------------------------------- KServe
 @pytest.mark.parametrize("mode", MODES)
-def test_predictor_identity_reads_only_its_own_secret(mode):
-    """KServe injects the S3 Secret listed on the predictor's ServiceAccount into the storage
-    initializer (kserve/kserve v0.15.2 pkg/credentials/s3/s3_secret.go, annotations
-    serving.kserve.io/s3-endpoint / s3-usehttps). That account gets no RoleBinding and no API
-    token; its Secret is the predictor role's read-only key."""
+def test_predictor_and_logger_identities_hold_only_their_own_keys(mode):
+    """The predictor pod's ServiceAccount names no Secret: KServe gives the payload logger's agent
+    the pod account's S3 keys before the logger account's, and MergeEnvs keeps the first
+    secretKeyRef (kserve/kserve v0.16.0 pkg/webhook/admission/pod/agent_injector.go InjectAgent,
+    pkg/utils/utils.go), so any key there would be the logger's. The logger's account
+    (logger.storage.serviceAccountName) lists only the logger role's Secret, whose keys and
+    serving.kserve.io/s3-* annotations KServe injects into the agent (pkg/credentials/
+    service_account_credentials.go mountSecretCredential, pkg/credentials/s3/). Neither account
+    gets a RoleBinding or an API token; both names are the ones the canary step sends."""
+    from components.deploy_canary.config import KServeConfig
+
     objs = rendered(mode)
-    (sa,) = find(objs, "ServiceAccount", "ctp-kserve")
-    assert sa["secrets"] == [{"name": "ctp-kserve-s3"}] and sa["automountServiceAccountToken"] is False
-    assert "ctp-kserve" not in [s["name"] for b in find(objs, "RoleBinding") for s in b["subjects"]]
+    (predictor,) = find(objs, "ServiceAccount", KServeConfig.service_account)
+    (logger,) = find(objs, "ServiceAccount", KServeConfig.logger_service_account)
+    assert "secrets" not in predictor and predictor["automountServiceAccountToken"] is False
+    assert logger["secrets"] == [{"name": "ctp-logger-s3"}] and logger["automountServiceAccountToken"] is False
+    bound = [s["name"] for b in find(objs, "RoleBinding") for s in b["subjects"]]
+    assert KServeConfig.service_account not in bound and KServeConfig.logger_service_account not in bound
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_predictor_takes_requests_where_kserve_sends_them_with_the_logger(variant):
+    """With a payload logger KServe injects the agent sidecar (port 9081) into the predictor pod.
+    Serverless: Knative's queue-proxy receives on 8012 and forwards inside the pod. Raw
+    deployment: the predictor Service targets the agent's 9081 (kserve/kserve v0.16.0
+    pkg/controller/v1beta1/inferenceservice/reconcilers/service/service_reconciler.go); without
+    9081 in ctp-predictor's ingress every request to a raw-mode predictor with a logger would
+    be dropped. Nothing else comes in."""
+    from components.deploy_canary.kserve import POD_LABELS
+
+    objs = rendered(variant)
+    ns, policies = _ns(objs), _policies(objs)
+    pod = {**POD_LABELS, up.KSERVE_ISVC_POD_LABEL: "digits"}
+    client = dict(peer_labels={"app": "istio-ingressgateway"}, peer_namespace="istio-system")
+    for port in (up.KNATIVE_QUEUE_PROXY_PORT, up.KSERVE_AGENT_PORT, up.KSERVE_MODEL_PORT):
+        assert up.ingress_allows(policies, pod, ns, port=port, **client), f"{variant}: port {port}"
+    assert not up.ingress_allows(policies, pod, ns, port=9090, **client)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_the_cronjobs_that_push_metrics_reach_the_pushgateway(variant):
+    """Every CronJob whose command takes --pushgateway (pipelines/metrics.py pushgateway_option,
+    env CTP_PUSHGATEWAY from ctp-settings) may reach the Pushgateway's pod port 9091
+    (prometheus/pushgateway main.go: webflag.AddFlags(app, ":9091")) in the pods of the
+    prometheus-community chart (charts/prometheus-pushgateway/templates/_helpers.tpl
+    selectorLabels: app.kubernetes.io/name=prometheus-pushgateway), and nothing else there: not
+    another port, not another pod of that namespace. The commands are looked up in ctp's CLI
+    from each CronJob's argv, so a CronJob that starts pushing is checked too."""
+    import click
+
+    from pipelines.cli import main
+
+    objs = rendered(variant)
+    ns, policies = _ns(objs), _policies(objs)
+    assert "CTP_PUSHGATEWAY" in find(objs, "ConfigMap", "ctp-settings")[0]["data"]
+    gateway = dict(peer_labels=up.PUSHGATEWAY_POD_LABELS, peer_namespace=up.PUSHGATEWAY_NAMESPACE)
+    pushing = []
+    for cron in find(objs, "CronJob"):
+        ((_, pod),) = pod_specs(cron)
+        argv = pod["containers"][0]["command"]
+        assert argv[0] == "ctp"
+        command, args = main, argv[1:]
+        while isinstance(command, click.Group):
+            command, args = command.commands[args[0]], args[1:]
+        if any(getattr(param, "envvar", None) == "CTP_PUSHGATEWAY" for param in command.params):
+            labels = _template_labels(objs, "CronJob", cron["metadata"]["name"])
+            pushing.append(cron["metadata"]["name"])
+            assert up.egress_allows(policies, labels, ns, port=up.PUSHGATEWAY_PORT, **gateway), pushing[-1]
+            assert not up.egress_allows(policies, labels, ns, port=9090, **gateway)
+            other = dict(peer_labels={"app.kubernetes.io/name": "grafana"}, peer_namespace=up.PUSHGATEWAY_NAMESPACE)
+            assert not up.egress_allows(policies, labels, ns, port=up.PUSHGATEWAY_PORT, **other)
+    assert {"ctp-monitor", "ctp-log-compact"} <= set(pushing)

@@ -6,6 +6,8 @@ live in an admin-created Secret behind the committed ServiceAccount."""
 
 import copy
 import json
+import posixpath
+import urllib.parse
 import uuid
 from pathlib import Path
 
@@ -31,7 +33,9 @@ from components.deploy_canary.kserve import (
     ROLLBACK_PATCH,
     KServeRollout,
     StorePredictionLog,
+    canary_patch,
     inference_service,
+    log_url,
     not_ready_reason,
     storage_uri,
 )
@@ -207,6 +211,7 @@ def s3_store(s3_server):
 
 
 CONFIG = KServeConfig(name="digits", namespace="ml", intervals=3, interval_seconds=60)
+LOG_URL = log_url("s3://ctp/ctp")
 
 
 def card(model_dir, parent, run_id):
@@ -263,15 +268,16 @@ def rollout_for(api, store, model_dir, config=CONFIG, **kwargs):
 
 def test_objects_match_the_inferenceservice_schema():
     """The InferenceService validates against KServe's v1beta1 CRD schema (the fields ctp sends,
-    copied from kserve/kserve v0.15.2 config/crd/full/serving.kserve.io_inferenceservices.yaml:
+    copied from kserve/kserve v0.16.0 config/crd/full/serving.kserve.io_inferenceservices.yaml:
     tests/unit/schemas). PredictorSpec inlines a PodSpec (securityContext) and
-    ComponentExtensionSpec (labels, annotations: "added to the component pod", pkg/apis/serving/
-    v1beta1/component.go); ModelSpec inlines PredictorExtensionSpec, which inlines a
-    corev1.Container (securityContext) and carries protocolVersion (pkg/apis/serving/v1beta1/
-    predictor.go). The storage URI is the version's Triton model repository."""
+    ComponentExtensionSpec (labels, annotations: "added to the component pod", and logger:
+    pkg/apis/serving/v1beta1/component.go); ModelSpec inlines PredictorExtensionSpec, which
+    inlines a corev1.Container (securityContext) and carries protocolVersion and storage
+    (pkg/apis/serving/v1beta1/predictor.go). The storage URI is the version's Triton model
+    repository."""
     uri = storage_uri("s3://ctp/ctp", "digits", "v1")
     assert uri == "s3://ctp/ctp/models/digits/versions/v1/triton/"
-    isvc = inference_service(CONFIG, uri, "v1")
+    isvc = inference_service(CONFIG, uri, "v1", LOG_URL)
     jsonschema.validate(isvc, SCHEMA)
     labels = {"app.kubernetes.io/part-of": "ctp", "app.kubernetes.io/component": "predictor"}
     assert isvc["metadata"]["labels"] == labels
@@ -281,10 +287,22 @@ def test_objects_match_the_inferenceservice_schema():
             "labels": labels,
             "annotations": {"sidecar.istio.io/inject": "false"},
             "securityContext": {"runAsNonRoot": True, "runAsUser": 10001, "seccompProfile": {"type": "RuntimeDefault"}},
+            "logger": {
+                "url": "s3://ctp/ctp/inference-log",
+                "mode": "all",
+                "metadataAnnotations": ["ctp.dev/version"],
+                "storage": {
+                    "serviceAccountName": "ctp-logger",
+                    "path": "",
+                    "key": "credentials",
+                    "parameters": {"format": "json"},
+                },
+            },
             "model": {
                 "modelFormat": {"name": "onnx"},
                 "protocolVersion": "v2",
                 "storageUri": uri,
+                "storage": {"key": "ctp-predictor"},
                 "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}},
             },
         }
@@ -292,8 +310,113 @@ def test_objects_match_the_inferenceservice_schema():
     assert isvc["spec"]["predictor"]["securityContext"]["runAsUser"] == RUN_AS_UID
     with pytest.raises(jsonschema.ValidationError):  # the schema really rejects a misspelt field
         jsonschema.validate(merge_patch(isvc, {"spec": {"predictor": {"canaryTraficPercent": 10}}}), SCHEMA)
+    with pytest.raises(jsonschema.ValidationError):  # ...and a misspelt logger field (LoggerStorageSpec)
+        jsonschema.validate(
+            merge_patch(isvc, {"spec": {"predictor": {"logger": {"storage": {"secret": "x"}}}}}), SCHEMA
+        )
     with pytest.raises(ConfigError):
         storage_uri("/tmp/store", "digits", "v1")
+    with pytest.raises(ConfigError):
+        log_url("/tmp/store")
+
+
+# ----------------------------------------------------------------------------- payload logger
+def kserve_log_key(logger: dict, namespace: str, isvc: str, event_id: str, kind: str) -> tuple[str, str]:
+    """(bucket, key) KServe's blob-storage logger writes an event to (kserve/kserve v0.16.0
+    pkg/logger/store.go: parseBlobStoreURL takes the URL's host as the bucket and its path,
+    without the leading "/", as the prefix; getObjectPrefix joins prefix, namespace,
+    inferenceService, component and storage.path with path.Join; getObjectKey appends
+    ``<id>-<request|response>.<format>``)."""
+    url = urllib.parse.urlsplit(logger["url"])
+    assert url.scheme == "s3"  # GetStorageStrategy: a blob store, not an HTTP sink
+    prefix = posixpath.join(url.path.lstrip("/"), namespace, isvc, "predictor", logger["storage"]["path"])
+    return url.netloc, f"{prefix.rstrip('/')}/{event_id}-{kind}.{logger['storage']['parameters']['format']}"
+
+
+def test_the_payload_logger_writes_where_the_compaction_reads(s3_store):
+    """The logger the step configures, fed through KServe's own key rule (kserve_log_key), puts
+    each event under the store's CompactConfig().log_prefix, and ``compact`` turns a logged
+    request and response into one traffic row and one prediction row of the served version:
+    the URL and format are derived from the code on both sides, not restated."""
+    from pipelines import inference_log
+    from tests.kserve_log import log_record, v2_request, v2_response
+    from tests.unit.test_inference_log import digits
+
+    for store_uri in ("s3://ctp/ctp", "s3://ctp/ctp/", "s3://other/deep/prefix"):
+        logger = inference_service(CONFIG, storage_uri(store_uri, "digits", "v1"), "v1", log_url(store_uri))
+        bucket, key = kserve_log_key(logger["spec"]["predictor"]["logger"], "ml", "digits", "e1", "request")
+        store_bucket, _, prefix = store_uri[len("s3://") :].rstrip("/").partition("/")
+        assert (bucket, key) == (
+            store_bucket,
+            f"{prefix}/{inference_log.LOG_PREFIX}ml/digits/predictor/e1-request.json",
+        )
+    isvc = inference_service(CONFIG, storage_uri(s3_store.uri, "digits", "v1"), "v1", log_url(s3_store.uri))
+    logger = isvc["spec"]["predictor"]["logger"]
+    assert logger["mode"] == "all" and logger["storage"]["parameters"]["format"] == "json"
+    images, logits = digits(1)
+    version = isvc["metadata"]["annotations"][logger["metadataAnnotations"][0]]
+    for kind, payload in (("request", v2_request(images)), ("response", v2_response(logits))):
+        bucket, key = kserve_log_key(logger, "ml", "digits", "e1", kind)
+        assert bucket == s3_store.bucket and key.startswith(f"{s3_store.prefix}/")
+        record = log_record("e1", kind, payload, version=version, namespace="ml")
+        s3_store.put_bytes(key[len(s3_store.prefix) + 1 :], json.dumps(record).encode())
+    report = inference_log.compact(s3_store, inference_log.CompactConfig(min_age_seconds=0))
+    assert (report.objects, report.traffic_rows, report.prediction_rows) == (2, 1, 1), report.one_line()
+    assert s3_store.list("predictions/digits/version=v1/") and not s3_store.list(inference_log.LOG_PREFIX)
+
+
+def test_the_logged_version_annotation_is_the_one_the_compaction_reads():
+    """``logger.metadataAnnotations`` names the InferenceService annotations the agent copies
+    into every logged event (kserve/kserve v0.16.0 pkg/controller/v1beta1/inferenceservice/
+    components/component.go addLoggerAnnotations; pkg/webhook/admission/pod/agent_injector.go
+    reads their values off the predictor pod, which carries the InferenceService's annotations:
+    components/predictor.go). The one named is the one the step sets to the served version,
+    on create and on every canary patch, and the one the compaction keys predictions on."""
+    from pipelines import inference_log
+    from tests.kserve_log import log_record
+
+    isvc = inference_service(CONFIG, storage_uri("s3://ctp/ctp", "digits", "v7"), "v7", LOG_URL)
+    (named,) = isvc["spec"]["predictor"]["logger"]["metadataAnnotations"]
+    assert named == inference_log.VERSION_ANNOTATION
+    assert isvc["metadata"]["annotations"][named] == "v7"
+    assert canary_patch("s3://ctp/ctp/models/digits/versions/v8/triton/", "v8", 10)["metadata"]["annotations"] == {
+        named: "v8"
+    }
+    record = log_record("e1", "request", {"inputs": []}, version="v7")
+    assert record["annotations"] == {named: "v7"}  # what the agent writes, in the test fixture's terms
+    assert inference_log.to_event(record).version == "v7"
+
+
+def test_logger_and_storage_initializer_each_get_their_own_key():
+    """Two S3 identities in the predictor pod, each least privilege, the way KServe wires them
+    (kserve/kserve v0.16.0, same in v0.17.0 and v0.18.0):
+
+    - the agent (payload logger) gets the S3 keys of the pod's ServiceAccount first, then of
+      ``logger.storage.serviceAccountName`` (pkg/webhook/admission/pod/agent_injector.go
+      InjectAgent, two CreateSecretVolumeAndEnv calls); pkg/utils/utils.go MergeEnvs overwrites
+      only ``Value`` of an env already present, so a secretKeyRef from the pod's account would
+      win and the logger would write with the model reader's key. Hence the predictor's account
+      ``ctp-kserve`` names no Secret and the logger's ``ctp-logger`` names its own;
+    - the storage initializer reads the model with ``model.storage.key``, an entry of the
+      ``storage-config`` Secret (pkg/webhook/admission/pod/storage_initializer_injector.go:
+      StorageSpec key and parameters -> CreateStorageSpecSecretEnvs, STORAGE_CONFIG; pkg/
+      constants/constants.go DefaultStorageSpecSecret), not the ServiceAccount's Secrets;
+    - a logger ``storage`` must set path, key and parameters (pkg/apis/serving/v1beta1/
+      component.go validateLogger), though the agent reads only path and parameters.format."""
+    predictor = inference_service(CONFIG, storage_uri("s3://ctp/ctp", "digits", "v1"), "v1", LOG_URL)["spec"][
+        "predictor"
+    ]
+    storage = predictor["logger"]["storage"]
+    assert all(storage.get(field) is not None for field in ("path", "key", "parameters"))  # validateLogger
+    manifests = Path(__file__).parents[2] / "manifests" / "base"
+    predictor_account = yaml.safe_load(KSERVE_SA.read_text())
+    logger_account = yaml.safe_load((manifests / "ctp-logger-serviceaccount.yaml").read_text())
+    assert predictor["serviceAccountName"] == predictor_account["metadata"]["name"]
+    assert "secrets" not in predictor_account  # nothing for the agent to pick up before the logger's key
+    assert storage["serviceAccountName"] == logger_account["metadata"]["name"]
+    assert logger_account["secrets"] == [{"name": "ctp-logger-s3"}]
+    assert predictor["model"]["storage"] == {"key": CONFIG.model_storage_key}
+    assert storage["serviceAccountName"] != predictor["serviceAccountName"]
 
 
 def first_deploy(api, s3_store, models):
@@ -322,7 +445,7 @@ def test_first_model_creates_the_inferenceservice_and_becomes_champion(s3_store,
     record = first_deploy(api, s3_store, models)
     uri = f"{s3_store.uri}/models/digits/versions/{record['version']}/triton/"
     assert [(verb, name) for verb, name, _ in api.calls] == [("get", "digits"), ("create", "digits"), ("get", "digits")]
-    assert api.calls[1][2] == inference_service(CONFIG, uri, record["version"])
+    assert api.calls[1][2] == inference_service(CONFIG, uri, record["version"], log_url(s3_store.uri))
     assert record["decision"] == "promote" and record["target"] == "kserve"
     assert record["analysis"]["inference_service"] == {"namespace": "ml", "name": "digits"}
     assert Registry(s3_store, "digits").alias(CHAMPION).version == record["version"]
@@ -439,7 +562,9 @@ def test_the_onnx_model_finds_the_triton_runtime_only_with_protocol_v2():
     config/runtimes/kserve-tritonserver.yaml); a model without protocolVersion asks for v1
     (pkg/apis/serving/v1beta1/predictor_model.go GetProtocol) and no runtime matches: the old
     InferenceService was never served."""
-    model = inference_service(CONFIG, storage_uri("s3://ctp/ctp", "digits", "v1"), "v1")["spec"]["predictor"]["model"]
+    model = inference_service(CONFIG, storage_uri("s3://ctp/ctp", "digits", "v1"), "v1", LOG_URL)["spec"]["predictor"][
+        "model"
+    ]
     assert supporting_runtimes(model) == ["kserve-tritonserver"]
     old = {"modelFormat": {"name": "onnx"}, "storageUri": model["storageUri"]}  # what ctp sent before
     assert supporting_runtimes(old) == []
@@ -458,7 +583,7 @@ def old_wait_ready_accepts(status: dict) -> bool:
 
 def served_first(api, lag=0):
     rollout, _ = bare_rollout(api)
-    rollout.start(storage_uri("s3://ctp/ctp", "digits", "v1"), "v1")
+    rollout.start(storage_uri("s3://ctp/ctp", "digits", "v1"), "v1", LOG_URL)
     assert rollout.wait_ready() is not None
     api.lag = lag
     return rollout
@@ -474,7 +599,7 @@ def test_a_stale_ready_right_after_a_patch_is_refused():
     api = FakeKubernetesApi()
     served_first(api, lag=3)
     rollout, clock = bare_rollout(api)
-    rollout.start(storage_uri("s3://ctp/ctp", "digits", "v2"), "v2")
+    rollout.start(storage_uri("s3://ctp/ctp", "digits", "v2"), "v2", LOG_URL)
     stale = api.get_namespaced_custom_object("serving.kserve.io", "v1beta1", "ml", "inferenceservices", "digits")
     assert old_wait_ready_accepts(stale["status"])  # what the old code returned at once
     assert stale["status"]["components"]["predictor"]["latestReadyRevision"] == "digits-predictor-00001"
@@ -495,7 +620,7 @@ def test_a_new_revision_that_never_gets_ready_is_not_ready():
     bad = storage_uri("s3://ctp/ctp", "digits", "v2")
     api.broken.add(bad)
     rollout, clock = bare_rollout(api, KServeConfig(name="digits", namespace="ml", ready_timeout_seconds=20))
-    rollout.start(bad, "v2")
+    rollout.start(bad, "v2", LOG_URL)
     assert rollout.wait_ready() is None
     assert rollout.last_reason == "predictor revision digits-predictor-00002 not ready (ready: digits-predictor-00001)"
     assert clock.now >= 20
@@ -533,7 +658,7 @@ def test_observed_generation_is_the_knative_services_so_it_is_compared_with_itse
     api.reconcile("digits", template_change={"storage-initializer": "kserve/storage-initializer:v0.15.2"})
     api.lag = 5
     rollout, _ = bare_rollout(api)
-    rollout.start(storage_uri("s3://ctp/ctp", "digits", "v2"), "v2")
+    rollout.start(storage_uri("s3://ctp/ctp", "digits", "v2"), "v2", LOG_URL)
     stale = api.get_namespaced_custom_object(**get)
     assert stale["metadata"]["generation"] == 2 and stale["status"]["observedGeneration"] == 2
     assert generation_comparison_accepts(stale)  # 1: accepted while revision 00002 serves v1
@@ -544,7 +669,7 @@ def test_observed_generation_is_the_knative_services_so_it_is_compared_with_itse
     served_first(api)
     api.patch_namespaced_custom_object(**{**get, "body": {"spec": {"predictor": {"minReplicas": 1}}}})
     rollout, _ = bare_rollout(api)
-    rollout.start(storage_uri("s3://ctp/ctp", "digits", "v2"), "v2")
+    rollout.start(storage_uri("s3://ctp/ctp", "digits", "v2"), "v2", LOG_URL)
     assert rollout.wait_ready() is not None
     settled = api.get_namespaced_custom_object(**get)
     assert (settled["metadata"]["generation"], settled["status"]["observedGeneration"]) == (3, 2)

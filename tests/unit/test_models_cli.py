@@ -131,7 +131,7 @@ def served(tmp_path, s3_env, monkeypatch):
 
     from components._shared.store import S3Store
     from components.deploy_canary.config import KServeConfig
-    from components.deploy_canary.kserve import inference_service, storage_uri
+    from components.deploy_canary.kserve import inference_service, log_url, storage_uri
     from tests.unit.test_kserve import FakeKubernetesApi
 
     store = S3Store("ctp-test", f"cli-{uuid.uuid4().hex[:8]}", s3_env)
@@ -148,7 +148,7 @@ def served(tmp_path, s3_env, monkeypatch):
     config = KServeConfig(name="digits", namespace="ml")
     api.create_namespaced_custom_object(
         **{k: v for k, v in ISVC.items() if k != "name"},
-        body=inference_service(config, storage_uri(store.uri, "digits", "v2"), "v2"),
+        body=inference_service(config, storage_uri(store.uri, "digits", "v2"), "v2", log_url(store.uri)),
     )
     api.get_namespaced_custom_object(**ISVC)  # the controller reconciles: v2 is served and Ready
     api.calls.clear()
