@@ -79,6 +79,7 @@ def run_parameters(
         model_name=model_name,
         test_fraction=float(window.get("test_fraction", IngestConfig.test_fraction)),
         replay_fraction=float(window.get("replay_fraction", IngestConfig.replay_fraction)),
+        replay_ratio=float(window.get("replay_ratio", IngestConfig.replay_ratio)),
     )
     return {
         "store_uri": store.uri,

@@ -6,7 +6,8 @@ split by ``ingest``, each retraining window is published as a snapshot by ``inge
 by ``train`` (in-process, one rank), the challenger is judged by ``evaluate`` (ONNX parity,
 paired non-inferiority gate) and by the canary's ``canary_analysis`` on that step's traffic, and
 the drift trigger is ``ks_drift`` on pooled pixels against the serving model's reference
-sample, and a policy's replay of older rows is ingest's own rule (``replay_sample``).
+sample, and a policy's replay of older rows is ingest's own rule (``replay_sample``; ``auto``: the
+pipeline's default, ``auto_replay_fraction`` with IngestConfig.replay_ratio).
 Evaluation is prequential: a batch is scored by the model in service (through its ONNX file)
 before any policy may train on it.
 """
@@ -37,8 +38,8 @@ from components.deploy_canary.config import DeployConfig
 from components.deploy_canary.core import canary_analysis
 from components.evaluate.config import EvaluateConfig
 from components.evaluate.core import evaluate
-from components.ingest.config import IngestConfig
-from components.ingest.core import ingest, replay_sample
+from components.ingest.config import REPLAY_AUTO, IngestConfig
+from components.ingest.core import auto_replay_fraction, ingest, replay_sample
 from components.train.config import TrainConfig
 from components.validate_data import drift
 from components.validate_data.config import ValidateConfig
@@ -59,7 +60,8 @@ QUICK_POLICIES = ("never", "drift/warm/0", "always/warm/0")
 
 @dataclasses.dataclass(frozen=True)
 class Policy:
-    """When to retrain (trigger, every n steps) and how (warm or scratch, share of older rows replayed)."""
+    """When to retrain (trigger, every n steps) and how (warm or scratch, share of older rows replayed:
+    REPLAY_AUTO sizes it by the new rows, as the pipeline does by default)."""
 
     trigger: str
     every: int = 0
@@ -68,16 +70,18 @@ class Policy:
 
     @classmethod
     def parse(cls, text: str) -> Policy:
-        """``never`` | ``always`` | ``drift`` | ``every<N>``, then optional ``/warm|scratch`` and ``/<replay>``."""
+        """``never`` | ``always`` | ``drift`` | ``every<N>``, then optional ``/warm|scratch`` and
+        ``/<replay 0..1>`` or ``/auto``."""
         parts = text.strip().split("/")
         match = re.fullmatch(r"never|always|drift|every([1-9]\d*)", parts[0])
         init = parts[1] if len(parts) > 1 else "warm"
-        replay = _float_or_none(parts[2]) if len(parts) > 2 else 0.0
-        if not match or len(parts) > 3 or init not in ("warm", "scratch") or replay is None or not 0 <= replay <= 1:
+        replay = (REPLAY_AUTO if parts[2] == "auto" else _float_or_none(parts[2])) if len(parts) > 2 else 0.0
+        share = replay is not None and (0 <= replay <= 1 or replay == REPLAY_AUTO)
+        if not match or len(parts) > 3 or init not in ("warm", "scratch") or not share:
             raise ConfigError(
                 f"policy {text!r} is not understood",
-                hint="write TRIGGER[/warm|scratch[/REPLAY 0..1]] with TRIGGER one of never, always, "
-                "drift, every<N>; e.g. drift/warm/0.3",
+                hint="write TRIGGER[/warm|scratch[/REPLAY 0..1 or auto]] with TRIGGER one of never, always, "
+                "drift, every<N>; e.g. drift/warm/0.3 or drift/warm/auto",
             )
         every = int(match[1]) if match[1] else 0
         return cls("every" if every else match[0], every, init, replay)
@@ -86,7 +90,8 @@ class Policy:
     def label(self) -> str:
         if self.trigger == "never":
             return "never"
-        return f"{self.trigger}{self.every or ''}/{self.init}/{self.replay:g}"
+        replay = "auto" if self.replay == REPLAY_AUTO else f"{self.replay:g}"
+        return f"{self.trigger}{self.every or ''}/{self.init}/{replay}"
 
     def wants_retrain(self, step: int, first_step: int, drift_report: dict | None, cooling: bool) -> bool:
         if self.trigger == "every":
@@ -177,7 +182,7 @@ class Workspace:
                 f"datasets/{name}/batch={batch}/part-0.parquet",
                 parquet_bytes(batch_table(part.images, part.labels, part.ids)),
             )
-        return ingest(self.store, IngestConfig(dataset=name)).fingerprint
+        return ingest(self.store, IngestConfig(dataset=name, replay_fraction=1.0)).fingerprint  # the policy's window
 
     def model_dir(self) -> Path:
         return self.root / "models" / f"{self._count:05d}"
@@ -196,7 +201,7 @@ def load_stream(store: Store, dataset: str, work: Workspace) -> Stream:
     for keys in batches.values():
         for key in keys:
             work.store.put_bytes(key.replace(f"datasets/{dataset}/", "datasets/stream/", 1), store.get_bytes(key))
-    fingerprint = ingest(work.store, IngestConfig(dataset="stream")).fingerprint
+    fingerprint = ingest(work.store, IngestConfig(dataset="stream", replay_fraction=1.0)).fingerprint
     train, test = load_split(work.store, fingerprint, "train"), load_split(work.store, fingerprint, "test")
     steps = [
         _concat(train.where(np.asarray(train.batches) == b), test.where(np.asarray(test.batches) == b)) for b in batches
@@ -253,11 +258,14 @@ def train_model(
 
 def retraining_window(stream: Stream, serving: Serving, step: int, replay: float) -> Split:
     """Everything the serving model has not seen (through ``step``) plus a ``replay`` share of older
-    rows, chosen by ingest's own replay rule (per-class shares, stable id hash, a minimum per class)."""
+    rows, chosen by ingest's own replay rule (per-class shares, stable id hash, a minimum per class;
+    REPLAY_AUTO: the share that replays IngestConfig.replay_ratio x the new rows)."""
     new = stream.window(serving.seen_until, step + 1)
-    if replay <= 0 or serving.seen_until == 0:
+    if replay == 0 or serving.seen_until == 0:
         return new
     old = stream.window(0, serving.seen_until)
+    if replay == REPLAY_AUTO:
+        replay = auto_replay_fraction(len(old), len(new), IngestConfig.replay_ratio)
     return _concat(old.where(replay_sample(old.ids, old.labels, replay, IngestConfig.test_fraction)), new)
 
 
@@ -291,7 +299,7 @@ def retrain(
     }
     if not deployed:
         return serving, record
-    start = serving.seen_until if policy.replay <= 0 else 0
+    start = serving.seen_until if policy.replay == 0 else 0
     known = (serving.states if meta["init"]["applied"] == "warm" else []) + stream.states[start : step + 1]
     return Serving(model_dir, step + 1, known), record
 

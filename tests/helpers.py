@@ -55,6 +55,7 @@ def ingest_inputs(store_uri: str, *, run_id: str = "", job_id: str = "") -> dict
         model_name=c.model_name,
         test_fraction=c.test_fraction,
         replay_fraction=c.replay_fraction,
+        replay_ratio=c.replay_ratio,
         data_fingerprint="",
         lease_policy=c.lease_policy,
         lease_ttl_seconds=c.lease_ttl_seconds,

@@ -3,9 +3,10 @@
 of the example id, and publish a snapshot whose manifest (written last) carries per-object sha256.
 
 Incremental: batches the champion was trained on (its card's ``data.batches``, the watermark)
-contribute only a replay sample of their training rows (``replay_fraction`` of every class, and at
-least MIN_REPLAY_PER_CLASS rows of a rare class, so no class drops out of the replay);
-new batches contribute everything. Test rows are always kept, so evaluation sees every one.
+contribute only a replay sample of their training rows (``replay_fraction`` of every class, by
+default sized by the new data: ``replay_ratio`` x the new rows, and at least MIN_REPLAY_PER_CLASS
+rows of a rare class, so no class drops out of the replay); new batches contribute everything.
+Test rows are always kept, so evaluation sees every one.
 """
 
 from __future__ import annotations
@@ -94,21 +95,34 @@ def _source(store: Store, dataset: str) -> dict[str, list[tuple[str, str]]]:
     return {batch: [(key, etags[key]) for key in batch_keys] for batch, batch_keys in batches.items()}
 
 
-def _fingerprint(source: dict, test_fraction: float, replay_fraction: float, consumed: list[str]) -> str:
+def _fingerprint(source: dict, config: IngestConfig, consumed: list[str]) -> str:
+    """Everything that decides the window: the objects (ETags), the split, and the replay rule with
+    the watermark it applies to. Auto replay's share follows from the objects, the watermark and
+    the ratio; with nothing consumed it replays nothing, the same window as a full replay."""
     body: dict = {
         "v": CONTRACT_VERSION,
-        "test_fraction": test_fraction,
+        "test_fraction": config.test_fraction,
         "objects": [list(entry) for entries in source.values() for entry in entries],
     }
-    if replay_fraction < 1.0:  # the window then depends on the watermark too
-        body["replay"] = {"fraction": replay_fraction, "consumed": consumed, "min_per_class": MIN_REPLAY_PER_CLASS}
+    if config.replay_auto and consumed:
+        body["replay"] = {"ratio": config.replay_ratio, "consumed": consumed, "min_per_class": MIN_REPLAY_PER_CLASS}
+    elif not config.replay_auto and config.replay_fraction < 1.0:  # the window then depends on the watermark too
+        body["replay"] = {
+            "fraction": config.replay_fraction,
+            "consumed": consumed,
+            "min_per_class": MIN_REPLAY_PER_CLASS,
+        }
     return hashlib.sha256(json.dumps(body).encode()).hexdigest()[:32]
+
+
+def _watermark(store: Store, config: IngestConfig) -> list[str]:
+    """The consumed batches, when the replay rule needs them (a full replay takes everything)."""
+    return consumed_batches(store, config.model_name) if config.replay_fraction < 1.0 else []
 
 
 def compute_fingerprint(store: Store, config: IngestConfig) -> str:
     """A fingerprint of the data window from object ETags; cheap (no data is read on S3)."""
-    consumed = consumed_batches(store, config.model_name) if config.replay_fraction < 1.0 else []
-    return _fingerprint(_source(store, config.dataset), config.test_fraction, config.replay_fraction, consumed)
+    return _fingerprint(_source(store, config.dataset), config, _watermark(store, config))
 
 
 def _column(filesystem, key: str, name: str) -> pa.ChunkedArray:
@@ -128,6 +142,14 @@ def _label_counts(filesystem, keys: list[str]) -> collections.Counter:
         except (pa.ArrowException, OSError) as err:
             _raise_if_store_failed(err, key)
     return counts
+
+
+def auto_replay_fraction(old_rows: int, new_rows: int, ratio: float) -> float:
+    """REPLAY_AUTO: the share of the old rows that replays ``ratio`` x the new rows (at most all).
+    One share for every class, so the replay keeps the history's class mix even when the new
+    batch's differs (a per-class ratio would replay little of a class the new batch lacks).
+    Nothing new (a forced retrain): all of it."""
+    return min(1.0, ratio * new_rows / old_rows) if old_rows and new_rows else 1.0
 
 
 def replay_shares(label_counts: collections.Counter, fraction: float, test_fraction: float) -> dict:
@@ -474,8 +496,8 @@ def ingest(store: Store, config: IngestConfig, *, run_id: str = "") -> IngestRes
     """``run_id``: record the run's snapshot reference (runs/<run-id>/run.json) before touching the
     snapshot, so a concurrent `ctp store gc` keeps it (retention.reference_snapshot)."""
     source = _source(store, config.dataset)
-    consumed = consumed_batches(store, config.model_name) if config.replay_fraction < 1.0 else []
-    fingerprint = _fingerprint(source, config.test_fraction, config.replay_fraction, consumed)
+    consumed = _watermark(store, config)
+    fingerprint = _fingerprint(source, config, consumed)
     if config.expected_fingerprint and config.expected_fingerprint != fingerprint:
         raise DataValidationError(
             f"data changed since the run was submitted (fingerprint {fingerprint}, "
@@ -489,13 +511,8 @@ def ingest(store: Store, config: IngestConfig, *, run_id: str = "") -> IngestRes
     if store.exists(prefix + "manifest.json"):
         return _result(read_manifest(store, fingerprint))
 
-    replay = {}
-    if consumed:
-        old_keys = [key for batch in consumed for key, _ in source.get(batch, [])]
-        replay = replay_shares(
-            _label_counts(store.arrow_filesystem(), old_keys), config.replay_fraction, config.test_fraction
-        )
-    scan = _Scan(store, prefix, config, set(consumed), replay)
+    fraction, replay = _replay_rule(store, config, source, consumed)
+    scan = _Scan(store, prefix, dataclasses.replace(config, replay_fraction=fraction), set(consumed), replay)
     scan.run(source)
     if scan.has_errors() or not scan.writers:
         scan.abort()
@@ -511,7 +528,8 @@ def ingest(store: Store, config: IngestConfig, *, run_id: str = "") -> IngestRes
         "window": {
             "new": [b for b in source if b not in consumed],
             "replayed": [b for b in source if b in consumed],
-            "replay_fraction": config.replay_fraction,
+            "replay_fraction": fraction,  # the share applied (auto: computed from replay_ratio)
+            "replay_ratio": config.replay_ratio if config.replay_auto and consumed else None,
             "replay_share": {str(label): replay[label] for label in sorted(replay, key=str)},
         },
         "objects": objects,
@@ -527,6 +545,21 @@ def ingest(store: Store, config: IngestConfig, *, run_id: str = "") -> IngestRes
     except AlreadyExists:  # a concurrent run published the same snapshot first: use theirs
         manifest = read_manifest(store, fingerprint)
     return _result(manifest)
+
+
+def _replay_rule(store: Store, config: IngestConfig, source: dict, consumed: list[str]) -> tuple[float, dict]:
+    """The replay share applied to old training rows, and its per-class shares (none without a
+    watermark). Reads only the label column: of the old objects, and of the new ones when auto."""
+    if not consumed:
+        return (1.0 if config.replay_auto else config.replay_fraction), {}
+    filesystem = store.arrow_filesystem()
+    old_counts = _label_counts(filesystem, [key for batch in consumed for key, _ in source.get(batch, [])])
+    fraction = config.replay_fraction
+    if config.replay_auto:
+        new_keys = [key for batch, entries in source.items() if batch not in consumed for key, _ in entries]
+        new_rows = sum(_label_counts(filesystem, new_keys).values())
+        fraction = auto_replay_fraction(sum(old_counts.values()), new_rows, config.replay_ratio)
+    return fraction, replay_shares(old_counts, fraction, config.test_fraction)
 
 
 def _result(manifest: dict) -> IngestResult:

@@ -48,6 +48,13 @@ from pipelines.run_params import DEFAULT_TRIGGER
     show_default=True,
     help="Augment: random crop of each training image zero-padded by this many pixels (about 1/8 of the side).",
 )
+@click.option(
+    "--replay-ratio",
+    default=IngestConfig.replay_ratio,
+    show_default=True,
+    help="Warm start: old training rows replayed per new row (the same share of every class, at least "
+    "a minimum per class, at most all). --param replay_fraction=F replays a fixed share instead.",
+)
 @click.option("--trigger", default=DEFAULT_TRIGGER, show_default=True, help="Recorded in the model card.")
 @click.option(
     "--min-accuracy", default=EvaluateConfig.min_accuracy, show_default=True, help="Gate for the first model."
@@ -84,6 +91,7 @@ def run_command(
     init,
     flip,
     crop_pad,
+    replay_ratio,
     trigger,
     min_accuracy,
     margin,
@@ -105,6 +113,7 @@ def run_command(
         init=init,
         flip=flip,
         crop_pad=crop_pad,
+        replay_ratio=replay_ratio,
         min_accuracy=min_accuracy,
         margin=margin,
         allow_new_classes=allow_new_classes,

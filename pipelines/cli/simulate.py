@@ -28,7 +28,8 @@ DEFAULTS = SimulateConfig()
     "--policy",
     "policies",
     multiple=True,
-    help="TRIGGER[/warm|scratch[/REPLAY]], TRIGGER = never|always|drift|every<N>; repeatable. "
+    help="TRIGGER[/warm|scratch[/REPLAY]], TRIGGER = never|always|drift|every<N>, REPLAY = a share 0..1 "
+    "of older rows or auto (the pipeline's default: replay_ratio x the new rows); repeatable. "
     f"Default: {' '.join(DEFAULT_POLICIES)}",
 )
 @click.option(

@@ -127,10 +127,10 @@ def test_replay_keeps_new_batches_whole_and_a_stratified_share_of_old_ones(local
     everything = ingest(local_store, IngestConfig())
     publish_champion(local_store, tmp_path, everything.fingerprint)
     seed_digits(local_store, SeedConfig(batches=1, append=True, seed=3))
-    full = ingest(local_store, IngestConfig())
+    full = ingest(local_store, IngestConfig(replay_fraction=1.0))
     assert (
-        compute_fingerprint(local_store, IngestConfig(test_fraction=0.2)) == full.fingerprint
-    )  # replay 1.0: today's behaviour
+        compute_fingerprint(local_store, IngestConfig(test_fraction=0.2, replay_fraction=1.0)) == full.fingerprint
+    )  # replay 1.0: everything, the watermark unread
     half = ingest(local_store, IngestConfig(replay_fraction=0.5))
     assert half.fingerprint != full.fingerprint
     assert half.fingerprint == compute_fingerprint(local_store, IngestConfig(test_fraction=0.2, replay_fraction=0.5))

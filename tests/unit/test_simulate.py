@@ -33,10 +33,12 @@ SHIFT_AT = 4
         ("drift", Policy("drift", 0, "warm", 0.0)),
         ("every4/scratch/0.5", Policy("every", 4, "scratch", 0.5)),
         ("always/warm/1", Policy("always", 0, "warm", 1.0)),
+        ("drift/warm/auto", Policy("drift", 0, "warm", -1.0)),
     ],
 )
 def test_policy_specs_parse(text, expected):
     assert Policy.parse(text) == expected
+    assert Policy.parse(expected.label) == expected
 
 
 @pytest.mark.parametrize(
@@ -194,9 +196,11 @@ def test_pipeline_canary_defaults_let_the_adaptation_to_a_large_shift_through(ad
         assert canary["disagreement_confidence"]["canary"] > canary["disagreement_confidence"]["champion"]
 
 
-def test_a_policy_replays_exactly_the_old_rows_the_pipeline_would(local_store, tmp_path):
+@pytest.mark.parametrize("replay", [0.1, "auto"])
+def test_a_policy_replays_exactly_the_old_rows_the_pipeline_would(local_store, tmp_path, replay):
     """`ctp simulate` replays by ingest's own rule (per-class shares, stable id hash, a minimum per
-    class): its retraining window holds the same old rows as the pipeline's snapshot."""
+    class; auto: sized by the new rows, the pipeline's default): its retraining window holds the
+    same old rows as the pipeline's snapshot."""
     from components._shared.snapshot import Split, load_split
     from components.ingest.config import IngestConfig
     from components.ingest.core import ingest
@@ -209,7 +213,8 @@ def test_a_policy_replays_exactly_the_old_rows_the_pipeline_would(local_store, t
     write_batch(local_store, old, "0000")
     publish_champion(local_store, tmp_path, ingest(local_store, IngestConfig()).fingerprint)
     write_batch(local_store, new, "0001")
-    snapshot = ingest(local_store, IngestConfig(replay_fraction=0.1)).fingerprint
+    config = IngestConfig() if replay == "auto" else IngestConfig(replay_fraction=replay)
+    snapshot = ingest(local_store, config).fingerprint
     pipeline = {i for split in ("train", "test") for i in load_split(local_store, snapshot, split).ids}
 
     def step(table, batch):
@@ -218,6 +223,6 @@ def test_a_policy_replays_exactly_the_old_rows_the_pipeline_would(local_store, t
         return Split(images, labels, table.column("id").to_pylist(), [batch] * table.num_rows)
 
     stream = Stream([step(old, "0000"), step(new, "0001")], [None, None], [{}, {}], [])
-    window = retraining_window(stream, Serving(tmp_path, 1, []), 1, 0.1)
+    window = retraining_window(stream, Serving(tmp_path, 1, []), 1, Policy.parse(f"always/warm/{replay}").replay)
     assert set(window.ids) == pipeline
     assert 100 < len(pipeline) - 100 < 1700 * 0.4  # a replay, not everything: the test can fail
