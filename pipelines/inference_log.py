@@ -187,15 +187,22 @@ def _tensor(tensors, name: str, what: str) -> np.ndarray:
         raise PayloadError(f"{what} tensor {name!r}: {err}") from err
 
 
-def request_images(body: bytes, input_name: str) -> np.ndarray:
-    """A v2 inference request -> (N, H, W, C) uint8: the inverse of model.inputs.to_array."""
+def _payload_tensor(body: bytes, what: str, field: str, name: str, dims: str) -> np.ndarray:
+    """Tensor ``name`` of a v2 JSON payload's ``field`` list (``inputs`` or ``outputs``), with
+    one dimension per letter of ``dims`` (e.g. "N,K")."""
     try:
         payload = json.loads(body)
     except ValueError as err:
-        raise PayloadError(f"request is not JSON ({err})") from err
-    array = _tensor(payload.get("inputs") if isinstance(payload, dict) else None, input_name, "request")
-    if array.ndim != 4:
-        raise PayloadError(f"request tensor has shape {list(array.shape)}; expected N,C,H,W")
+        raise PayloadError(f"{what} is not JSON ({err})") from err
+    array = _tensor(payload.get(field) if isinstance(payload, dict) else None, name, what)
+    if array.ndim != len(dims.split(",")):
+        raise PayloadError(f"{what} tensor has shape {list(array.shape)}; expected {dims}")
+    return array
+
+
+def request_images(body: bytes, input_name: str) -> np.ndarray:
+    """A v2 inference request -> (N, H, W, C) uint8: the inverse of model.inputs.to_array."""
+    array = _payload_tensor(body, "request", "inputs", input_name, "N,C,H,W")
     return np.clip(np.rint(array * 255.0), 0, 255).astype(np.uint8).transpose(0, 2, 3, 1)
 
 
@@ -203,14 +210,7 @@ def response_probs(body: bytes, output_name: str) -> np.ndarray:
     """A v2 inference response -> (N, K) float32 probabilities (the model gives logits)."""
     from components._shared.model.serving import softmax
 
-    try:
-        payload = json.loads(body)
-    except ValueError as err:
-        raise PayloadError(f"response is not JSON ({err})") from err
-    array = _tensor(payload.get("outputs") if isinstance(payload, dict) else None, output_name, "response")
-    if array.ndim != 2:
-        raise PayloadError(f"response tensor has shape {list(array.shape)}; expected N,K")
-    return softmax(array).astype(np.float32)
+    return softmax(_payload_tensor(body, "response", "outputs", output_name, "N,K")).astype(np.float32)
 
 
 # ----------------------------------------------------------------------------- listing
