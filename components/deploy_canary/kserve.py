@@ -107,6 +107,17 @@ def payload_logger(config: KServeConfig, url: str) -> dict:
     }
 
 
+def wire(predictor: dict, config: KServeConfig, logger_url: str) -> dict:
+    """Set the predictor's S3 wiring on ``predictor`` (a spec or a merge patch of one): its
+    ServiceAccount, the model's storage-config key and the payload logger. Every canary patch
+    carries it too, so an InferenceService created before (without the logger, or with the
+    predictor's key on its ServiceAccount) is brought up to date by its next canary."""
+    predictor["serviceAccountName"] = config.service_account
+    predictor["logger"] = payload_logger(config, logger_url)
+    predictor.setdefault("model", {})["storage"] = {"key": config.model_storage_key}  # the storage initializer's key
+    return predictor
+
+
 def inference_service(config: KServeConfig, uri: str, version: str, logger_url: str) -> dict:
     """The InferenceService serving ``uri`` (a Triton model repository, storage_uri), its payload
     logger writing to ``logger_url`` (log_url)."""
@@ -127,21 +138,22 @@ def inference_service(config: KServeConfig, uri: str, version: str, logger_url: 
         "kind": KIND,
         "metadata": serialize(metadata),
         "spec": {
-            "predictor": {
-                "serviceAccountName": config.service_account,
-                "labels": dict(POD_LABELS),  # ComponentExtensionSpec: added to the predictor pods
-                "annotations": {"sidecar.istio.io/inject": "false"},
-                "securityContext": serialize(pod_security),  # PredictorSpec inlines a PodSpec
-                "logger": payload_logger(config, logger_url),
-                "model": {
-                    "modelFormat": {"name": "onnx"},
-                    "protocolVersion": "v2",  # the Triton runtime speaks v2 and grpc-v2 only
-                    "storageUri": uri,
-                    "storage": {"key": config.model_storage_key},  # the storage initializer's S3 key
-                    # ModelSpec inlines a Container, merged over the runtime's kserve-container
-                    "securityContext": serialize(container_security),
+            "predictor": wire(
+                {
+                    "labels": dict(POD_LABELS),  # ComponentExtensionSpec: added to the predictor pods
+                    "annotations": {"sidecar.istio.io/inject": "false"},
+                    "securityContext": serialize(pod_security),  # PredictorSpec inlines a PodSpec
+                    "model": {
+                        "modelFormat": {"name": "onnx"},
+                        "protocolVersion": "v2",  # the Triton runtime speaks v2 and grpc-v2 only
+                        "storageUri": uri,
+                        # ModelSpec inlines a Container, merged over the runtime's kserve-container
+                        "securityContext": serialize(container_security),
+                    },
                 },
-            }
+                config,
+                logger_url,
+            )
         },
     }
 
@@ -296,7 +308,9 @@ class KServeRollout:
             self.custom.create_namespaced_custom_object(**self._isvc(body=body))
             self.created = True
         else:
-            self.patch(canary_patch(uri, version, self.config.canary_percent))
+            body = canary_patch(uri, version, self.config.canary_percent)
+            wire(body["spec"]["predictor"], self.config, logger_url)
+            self.patch(body)
 
     def patch(self, body: dict) -> dict:
         return self.custom.patch_namespaced_custom_object(**self._isvc(name=self.config.name, body=body))

@@ -37,6 +37,7 @@ from components.deploy_canary.kserve import (
     inference_service,
     log_url,
     not_ready_reason,
+    payload_logger,
     storage_uri,
 )
 
@@ -387,6 +388,26 @@ def test_the_logged_version_annotation_is_the_one_the_compaction_reads():
     assert inference_log.to_event(record).version == "v7"
 
 
+def test_a_canary_brings_an_older_inferenceservice_up_to_date():
+    """An InferenceService created before the logger (what ctp sent until now: no logger, no
+    model.storage, the model key on the predictor's ServiceAccount) gets the logger and the
+    model key with its next canary patch; the patch changes only the canary revision's pod
+    template, so the champion keeps serving until the canary is promoted. On one that has them,
+    the same patch leaves the wiring as it was."""
+    api = FakeKubernetesApi()
+    current = inference_service(CONFIG, storage_uri("s3://ctp/ctp", "digits", "v1"), "v1", LOG_URL)
+    del current["spec"]["predictor"]["logger"], current["spec"]["predictor"]["model"]["storage"]
+    api.create_namespaced_custom_object("serving.kserve.io", "v1beta1", "ml", "inferenceservices", current)
+    rollout, _ = bare_rollout(api)
+    rollout.start(storage_uri("s3://ctp/ctp", "digits", "v2"), "v2", LOG_URL)
+    predictor = api.objects["digits"]["spec"]["predictor"]
+    fresh = inference_service(CONFIG, storage_uri("s3://ctp/ctp", "digits", "v2"), "v2", LOG_URL)["spec"]["predictor"]
+    assert predictor == {**fresh, "canaryTrafficPercent": CONFIG.canary_percent}
+    generation = api.objects["digits"]["metadata"]["generation"]
+    rollout.start(storage_uri("s3://ctp/ctp", "digits", "v2"), "v2", LOG_URL)
+    assert api.objects["digits"]["metadata"]["generation"] == generation  # nothing changed
+
+
 def test_logger_and_storage_initializer_each_get_their_own_key():
     """Two S3 identities in the predictor pod, each least privilege, the way KServe wires them
     (kserve/kserve v0.16.0, same in v0.17.0 and v0.18.0):
@@ -467,7 +488,14 @@ def test_good_canary_is_watched_for_every_interval_then_promoted(s3_store, model
             "digits",
             {
                 "metadata": {"annotations": {"ctp.dev/version": second["version"]}},
-                "spec": {"predictor": {"canaryTrafficPercent": 10, "model": {"storageUri": uri}}},
+                "spec": {
+                    "predictor": {
+                        "canaryTrafficPercent": 10,
+                        "model": {"storageUri": uri, "storage": {"key": "ctp-predictor"}},
+                        "serviceAccountName": "ctp-kserve",
+                        "logger": payload_logger(CONFIG, log_url(s3_store.uri)),
+                    }
+                },
             },
         ),
         ("get", "digits", None),
