@@ -280,19 +280,20 @@ def stored_images(table: pa.Table) -> np.ndarray:
     return encoded
 
 
-def decode_stored(stored: np.ndarray) -> np.ndarray:
-    """Rows of ``stored_images`` as (N, H, W, C) uint8: pixels as they are, encoded images decoded.
-    Raises ValueError on an undecodable image or images of different shapes."""
+def decode_stored(stored: np.ndarray, edits: list | None = None) -> np.ndarray:
+    """Rows of ``stored_images`` as (N, H, W, C) uint8: pixels as they are, encoded images decoded
+    (each through its PIL image edit, if given). Raises ValueError on an undecodable image or
+    images of different shapes."""
     if stored.dtype != object:
         return stored
-    images = [_decode_encoded(data) for data in stored]
+    images = [_decode_encoded(data, edit) for data, edit in zip(stored, edits or [None] * len(stored), strict=True)]
     shapes = sorted({image.shape for image in images})
     if len(shapes) > 1:
         raise ValueError(f"images of different shapes in one batch: {shapes}")
     return np.stack(images) if images else np.zeros((0, 1, 1, 1), np.uint8)
 
 
-def _decode_encoded(data: bytes | None) -> np.ndarray:
+def _decode_encoded(data: bytes | None, edit=None) -> np.ndarray:
     from PIL import Image
 
     if not data:
@@ -302,7 +303,7 @@ def _decode_encoded(data: bytes | None) -> np.ndarray:
             raise ValueError(f"image of {img.width}x{img.height} exceeds {MAX_IMAGE_PIXELS} pixels")
         if img.mode not in ("L", "RGB"):  # convert() copies even an image already in its mode
             img = img.convert("L" if img.mode in ("P", "1", "I", "F") else "RGB")
-        array = np.asarray(img)
+        array = np.asarray(edit(img) if edit else img)
     return array[..., None] if array.ndim == 2 else array
 
 

@@ -29,11 +29,13 @@ stream. A seeded uniform sample of at most VALIDATION_ROWS of them is held in me
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Iterator
 
 import numpy as np
 import pyarrow as pa
 import torch
+from PIL import Image
 from torch.utils.data import IterableDataset, get_worker_info
 
 from components._shared.dataset import (
@@ -58,10 +60,10 @@ AUGMENT_STREAM = 0xA06  # keeps the augmentation draws apart from the shuffle's
 
 @dataclasses.dataclass(frozen=True)
 class Augment:
-    """Per-image random augmentation of a uint8 (N, H, W, C) batch: the CIFAR recipe (He et al. 2016;
-    torchvision's RandomCrop(size, padding) then RandomHorizontalFlip): shift by up to ``crop_pad``
-    pixels each way with zero fill, i.e. pad and crop back to the same size, then mirror left-right
-    with probability 1/2. Both off by default: digits and text are not mirror-symmetric."""
+    """Per-image random augmentation: the CIFAR recipe (He et al. 2016; torchvision's
+    RandomCrop(size, padding) then RandomHorizontalFlip): shift by up to ``crop_pad`` pixels each way
+    with zero fill, i.e. pad and crop back to the same size, then mirror left-right with probability
+    1/2. Both off by default: digits and text are not mirror-symmetric."""
 
     flip: bool = False
     crop_pad: int = 0
@@ -70,24 +72,46 @@ class Augment:
     def active(self) -> bool:
         return self.flip or self.crop_pad > 0
 
-    def __call__(self, images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        if self.crop_pad:
-            images = _shifted(images, rng.integers(-self.crop_pad, self.crop_pad + 1, size=(len(images), 2)))
-        if self.flip:
-            flipped = rng.random(len(images)) < 0.5
-            images[flipped] = images[flipped, :, ::-1]
-        return images
+    def draw(self, n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """Each image's shift (dy, dx) and whether it is mirrored."""
+        pad = self.crop_pad
+        shifts = rng.integers(-pad, pad + 1, size=(n, 2)) if pad else np.zeros((n, 2), np.int64)
+        return shifts, rng.random(n) < 0.5 if self.flip else np.zeros(n, bool)
+
+    def __call__(self, stored: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """Rows of ``stored_images`` as an augmented uint8 (N, H, W, C) batch. Encoded images are
+        cropped and mirrored as decoded PIL images, before they become arrays: Pillow does both in C
+        (a mirror of an RGB array in numpy costs more than decoding the JPEG)."""
+        shifts, flips = self.draw(len(stored), rng)
+        if stored.dtype == object:
+            edits = [functools.partial(_edit_image, s, f) for s, f in zip(shifts.tolist(), flips.tolist(), strict=True)]
+            return decode_stored(stored, edits)
+        return _augment_pixels(stored, shifts, flips)
 
 
-def _shifted(images: np.ndarray, shifts: np.ndarray) -> np.ndarray:
-    """Image i moved by shifts[i] = (dy, dx): out[y, x] = image[y + dy, x + dx], zero outside."""
-    out = np.zeros_like(images)
-    h, w = images.shape[1:3]
-    for i, (dy, dx) in enumerate(shifts.tolist()):
-        out[i, max(-dy, 0) : h - max(dy, 0), max(-dx, 0) : w - max(dx, 0)] = images[
-            i, max(dy, 0) : h - max(-dy, 0), max(dx, 0) : w - max(-dx, 0)
-        ]
-    return out
+def _edit_image(shift: list[int], flip: bool, image):
+    dy, dx = shift
+    if dy or dx:  # Pillow fills the part of the box outside the image with zeros, as padding would
+        image = image.crop((dx, dy, dx + image.width, dy + image.height))
+    return image.transpose(Image.Transpose.FLIP_LEFT_RIGHT) if flip else image
+
+
+def _augment_pixels(images: np.ndarray, shifts: np.ndarray, flips: np.ndarray) -> np.ndarray:
+    """Image i moved by shifts[i] = (dy, dx) (out[y, x] = image[y + dy, x + dx], zero outside),
+    then mirrored where flips[i]; mirrors in place."""
+    if shifts.any():
+        out = np.zeros_like(images)
+        h, w = images.shape[1:3]
+        for i, (dy, dx) in enumerate(shifts.tolist()):
+            out[i, max(-dy, 0) : h - max(dy, 0), max(-dx, 0) : w - max(dx, 0)] = images[
+                i, max(dy, 0) : h - max(-dy, 0), max(dx, 0) : w - max(-dx, 0)
+            ]
+        images = out
+    if flips.any():
+        pixels = np.ascontiguousarray(images).view(np.dtype((np.void, images.shape[-1])))  # whole pixels move
+        pixels[flips] = pixels[flips, :, ::-1]  # about 2x faster than mirroring the (..., C) uint8 array
+        images = pixels.view(np.uint8)
+    return images
 
 
 def validation_mask(ids: list[str], fraction: float) -> np.ndarray:
@@ -190,12 +214,12 @@ class TrainStream(IterableDataset):
         order = rng.permutation(len(labels))
         for first in range(skip_rows, len(order), self.batch_size):
             take = order[first : first + self.batch_size]
-            images = decode_stored(stored[take])
             if self.augment.active:
                 batch = (start + first) // self.batch_size  # the same draw however the epoch is split or resumed
-                images = self.augment(
-                    images, np.random.default_rng([AUGMENT_STREAM, self.seed, self.epoch, self.rank, batch])
-                )
+                rng = np.random.default_rng([AUGMENT_STREAM, self.seed, self.epoch, self.rank, batch])
+                images = self.augment(stored[take], rng)
+            else:
+                images = decode_stored(stored[take])
             yield torch.from_numpy(images), torch.from_numpy(labels[take])
 
     def sample_images(self, size: int, seed: int) -> np.ndarray:

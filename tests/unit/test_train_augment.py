@@ -66,6 +66,19 @@ def test_augmentation_is_seeded_and_off_is_the_identity():
     assert not off.active and np.array_equal(off(images.copy(), np.random.default_rng(7)), images)
 
 
+@pytest.mark.parametrize("channels", [3, 1])
+def test_encoded_images_are_augmented_exactly_as_their_pixels(channels):
+    """PNG bytes go through Pillow's crop and mirror, pixels through numpy: the same draws give the same images."""
+    images = np.ascontiguousarray(gradient()[..., :channels])
+    encoded = np.empty(N, dtype=object)
+    encoded[:] = encode_images(images)
+    both = Augment(flip=True, crop_pad=3)
+    out = both(encoded, np.random.default_rng(5))
+    assert out.shape == images.shape and out.dtype == np.uint8
+    assert np.array_equal(out, both(images.copy(), np.random.default_rng(5)))
+    assert not np.array_equal(out, images)
+
+
 def batches(stream: TrainStream, workers: int) -> list[np.ndarray]:
     return [images.numpy() for images, _ in DataLoader(stream, batch_size=None, num_workers=workers)]
 
