@@ -50,6 +50,13 @@ class Split:
         return Split(self.images[keep], self.labels[keep], [self.ids[i] for i in keep], [self.batches[i] for i in keep])
 
 
+def writer_options(schema: pa.Schema) -> dict:
+    """The snapshot's ParquetWriter settings (also the ingest benchmark's plain-pyarrow yardstick):
+    dictionaries and statistics help the small columns; on the pixel column they cost time for nothing."""
+    small = [name for name in schema.names if name != IMAGE]
+    return {"use_dictionary": small, "write_statistics": small}
+
+
 class SplitWriter:
     """Streams one split to ``snapshots/<fingerprint>/<split>.parquet`` a row group at a time,
     hashing the bytes as they are written (no second read for the manifest's sha256)."""
@@ -58,11 +65,7 @@ class SplitWriter:
         self.key, self.rows = key, 0
         self._digest = hashlib.sha256()
         self._stream = store.arrow_filesystem().open_output_stream(key)
-        # Dictionaries and statistics help the small columns; on the pixel column they cost time for nothing.
-        small = [name for name in schema.names if name != IMAGE]
-        self._writer = pq.ParquetWriter(
-            pa.PythonFile(self, mode="w"), schema, use_dictionary=small, write_statistics=small
-        )
+        self._writer = pq.ParquetWriter(pa.PythonFile(self, mode="w"), schema, **writer_options(schema))
 
     # the file-object protocol pyarrow's PythonFile calls
     closed = False
