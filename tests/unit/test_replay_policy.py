@@ -76,7 +76,7 @@ def test_the_fingerprint_names_the_replay_policy(local_store, tmp_path):
     _history_and_new(local_store, tmp_path, 1_000, 100)
     configs = [
         IngestConfig(),
-        IngestConfig(replay_ratio=2.0),
+        IngestConfig(replay_ratio=IngestConfig.replay_ratio / 2),
         IngestConfig(replay_fraction=0.5),
         IngestConfig(replay_fraction=1.0),
     ]
