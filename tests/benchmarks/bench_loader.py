@@ -1,0 +1,152 @@
+"""The training input pipeline at realistic image sizes: JPEG bytes in the snapshot, read, decoded,
+augmented (flip + pad-and-crop) and made tensors by TrainStream through a DataLoader, against a
+bare PIL decode loop over the same bytes, side by side in one run.
+
+Goals: one loader worker delivers >= 90% of the bare loop's images/s (the loader adds little to
+the decode it cannot avoid), and 2 workers deliver more than 1 (decoding parallelises). On a
+shared machine wall-clock rates swing with other processes' load, so the per-worker goal is
+judged on CPU seconds per image (this process plus its joined workers), which load does not move;
+the wall-clock rates are printed beside it. Rows with
+raw pixels (what ingest writes to snapshots today) show what the loader costs without a decode.
+Each figure is the best of REPEATS passes, taken in turn (other processes only slow a pass down).
+Rates are steady state, after an epoch's first batch; the seconds to that first batch (starting
+the workers: training makes a DataLoader per epoch) are printed apart, and the bundled digits'
+epoch shows what they cost a small dataset.
+"""
+
+from __future__ import annotations
+
+import functools
+import io
+import resource
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from torch.utils.data import DataLoader
+
+from components._shared.store import LocalStore
+from components.train.stream import Augment, TrainStream
+from tests.helpers import write_encoded_split
+from tests.shapes import shape_jpegs
+
+GOAL_PER_WORKER = 0.90  # loader with 1 worker / bare PIL decode loop
+SIZES = ((64, 4000), (224, 600))  # (side, images): a few thousand small, a few hundred large
+BATCH = 32  # per rank: the default global batch of 64 on 2 ranks
+REPEATS = 3
+
+
+def cpu_seconds() -> float:
+    """CPU time of this process and of its finished children (DataLoader workers are joined at the
+    end of an epoch): what the work cost, whatever else the machine runs."""
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return time.process_time() + children.ru_utime + children.ru_stime
+
+
+def bare_decode(blobs: list[bytes]) -> tuple[float, float, float]:
+    """The least any loader must do: decode each JPEG into an array. (images/s, 0, CPU s/image)."""
+    started, cpu = time.perf_counter(), cpu_seconds()
+    for data in blobs:
+        np.asarray(Image.open(io.BytesIO(data)))
+    return len(blobs) / (time.perf_counter() - started), 0.0, (cpu_seconds() - cpu) / len(blobs)
+
+
+def loader(stream: TrainStream, workers: int) -> tuple[float, float, float]:
+    """One epoch through a DataLoader with ``workers`` worker processes: images/s once the first
+    batch is in (steady state), seconds to the first batch (starting the workers, reading the
+    first window; paid once per epoch), and CPU seconds per image of all its processes."""
+    started, cpu, seen, first = time.perf_counter(), cpu_seconds(), 0, None
+    for _, labels in DataLoader(stream, batch_size=None, num_workers=workers):
+        if first is None:
+            first = time.perf_counter()
+        else:
+            seen += len(labels)
+    rate = seen / (time.perf_counter() - first)
+    return rate, first - started, (cpu_seconds() - cpu) / stream.rows
+
+
+def interleaved(measures: dict) -> dict:
+    """Each measure's best of REPEATS passes, the passes taken in turn (A B C, A B C, ...) so that
+    load from other processes falls on all of them alike: the highest rate, the shortest start,
+    the least CPU per image."""
+    runs = {name: [] for name in measures}
+    for _ in range(REPEATS):
+        for name, measure in measures.items():
+            runs[name].append(measure())
+    return {name: tuple(f(r[i] for r in found) for i, f in enumerate((max, min, min))) for name, found in runs.items()}
+
+
+def raw_split(store: LocalStore, name: str, blobs: list[bytes], labels: np.ndarray) -> None:
+    """The same images as raw pixels (the snapshot's pixel column, as ingest writes it)."""
+    import pyarrow as pa
+
+    from components._shared.dataset import BATCH as BATCH_COLUMN
+    from components._shared.dataset import ID, LABEL, pixels_to_array
+    from components._shared.snapshot import SplitWriter, split_key
+
+    images = np.stack([np.asarray(Image.open(io.BytesIO(b))) for b in blobs])
+    pixels, field = pixels_to_array(images)
+    schema = pa.schema(
+        [pa.field(ID, pa.string()), pa.field(BATCH_COLUMN, pa.string()), field, pa.field(LABEL, pa.int64())]
+    )
+    writer = SplitWriter(store, split_key(name, "train"), schema)
+    for first in range(0, len(blobs), 2048):
+        rows = slice(first, first + 2048)
+        ids = [f"img-{i}" for i in range(len(blobs))][rows]
+        columns = [pa.array(ids), pa.array(["0000"] * len(ids)), pixels[rows], pa.array(labels[rows], pa.int64())]
+        writer.write_table(pa.Table.from_arrays(columns, schema=schema))
+    writer.close()
+
+
+def digits_epochs(store: LocalStore) -> None:
+    """The bundled sample (raw 8x8 pixels, ~1,200 training rows): an epoch is so short that
+    starting the workers is most of it. What a default of workers costs the demo."""
+    from components._shared.sampledata import SeedConfig, seed_digits
+    from components.ingest.config import IngestConfig
+    from components.ingest.core import ingest
+
+    seed_digits(store, SeedConfig())
+    stream = TrainStream(store, ingest(store, IngestConfig()).fingerprint, batch_size=BATCH)
+    epochs = interleaved({w: functools.partial(loader, stream, w) for w in (0, 1, 2)})
+    print(
+        f"bundled digits, one epoch of {stream.rows} rows: "
+        + ", ".join(f"{w} workers {start + stream.rows / rate:.2f} s" for w, (rate, start, _) in epochs.items())
+    )
+
+
+def run() -> None:
+    print(
+        f"images/s in steady state (after the first batch) and CPU per image, best of {REPEATS} in turn; "
+        f"batch {BATCH}, flip + crop_pad side/8. Goal: the loader's CPU per image within 1/{GOAL_PER_WORKER} of "
+        "bare PIL's (a worker then delivers >= 90% of a bare decode loop on its core)"
+    )
+    print(
+        f"{'images':>13} {'bare PIL':>9} {'0 workers':>10} {'1 worker':>9} {'2 workers':>10} {'2w/1w':>6}"
+        f" {'raw 0w':>7} {'raw 1w':>7} {'raw 2w':>7} {'start 1w':>9} {'bare ms':>8} {'1w ms':>6} {'eff':>5}"
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        store = LocalStore(Path(tmp))
+        for side, count in SIZES:
+            blobs, labels = shape_jpegs(count, side, seed=side)
+            write_encoded_split(store, f"jpeg{side}", blobs, labels)
+            raw_split(store, f"raw{side}", blobs, labels)
+            augment = Augment(flip=True, crop_pad=side // 8)
+            jpegs = TrainStream(store, f"jpeg{side}", batch_size=BATCH, augment=augment)
+            raw = TrainStream(store, f"raw{side}", batch_size=BATCH, augment=augment)
+            m = interleaved(
+                {
+                    "bare": functools.partial(bare_decode, blobs),
+                    **{w: functools.partial(loader, jpegs, w) for w in (0, 1, 2)},
+                    **{f"raw{w}": functools.partial(loader, raw, w) for w in (0, 1, 2)},
+                }
+            )
+            efficiency = m["bare"][2] / m[1][2]  # bare CPU per image / 1-worker loader CPU per image
+            print(
+                f"{count:>5} {side:>3}x{side:<3} {m['bare'][0]:>9.0f} {m[0][0]:>10.0f} {m[1][0]:>9.0f}"
+                f" {m[2][0]:>10.0f} {m[2][0] / m[1][0]:>6.2f} {m['raw0'][0]:>7.0f} {m['raw1'][0]:>7.0f}"
+                f" {m['raw2'][0]:>7.0f} {m[1][1]:>8.2f}s {m['bare'][2] * 1000:>8.3f} {m[1][2] * 1000:>6.3f}"
+                f" {efficiency:>5.2f}  {'met' if efficiency >= GOAL_PER_WORKER else 'NOT met'}"
+            )
+        digits_epochs(store)
