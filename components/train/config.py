@@ -35,7 +35,14 @@ class TrainConfig:
     run_id: str = ""  # names checkpoints/<run-id>/; a restarted worker resumes from there
     checkpoint_every: int = 50  # optimizer steps between checkpoints (needs run_id); 0 = none
     keep_checkpoints: int = 2  # newest complete checkpoints kept; 0 = all
-    loader_workers: int = 0  # DataLoader worker processes reading the snapshot per rank; 0 = in the loop
+    # DataLoader worker processes per rank that read, decode and augment the snapshot; 0 = in the loop.
+    # 2, by bench_loader (docs/benchmarks.md, "Training input pipeline"): in the loop, reading and
+    # decoding stop the step (a GPU idles while its rank decodes; one core decodes ~1,000 224x224
+    # JPEGs/s, a GPU trains ResNet-18 faster); in workers they overlap it, and 2 workers gave 1.4x
+    # one where the machine's load let them. A 2-rank GPU node then runs 2 trainers + 4 workers, within
+    # its usual 8+ vCPUs. Costs: 0.3-0.6 s per epoch to start each worker, batches in flight in
+    # /dev/shm; the digits demo (10 epochs, 2-core CPU) was not slower with 2 than with 0.
+    loader_workers: int = 2
     shuffle_rows: int = SHUFFLE_ROWS  # rows shuffled together; memory ~ (this + one row group) x image bytes
     # Augmentation in the loader, per image, seeded (stream.Augment). Off by default: digits and text
     # are not mirror-symmetric. For photos: flip on, crop_pad ~ 1/8 of the side (the CIFAR recipe: 4 at 32).

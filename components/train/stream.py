@@ -81,7 +81,7 @@ class Augment:
     def __call__(self, stored: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         """Rows of ``stored_images`` as an augmented uint8 (N, H, W, C) batch. Encoded images are
         cropped and mirrored as decoded PIL images, before they become arrays: Pillow does both in C
-        (a mirror of an RGB array in numpy costs more than decoding the JPEG)."""
+        (mirroring an RGB array in numpy costs about 2/3 of decoding the JPEG)."""
         shifts, flips = self.draw(len(stored), rng)
         if stored.dtype == object:
             edits = [functools.partial(_edit_image, s, f) for s, f in zip(shifts.tolist(), flips.tolist(), strict=True)]
