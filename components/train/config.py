@@ -37,11 +37,11 @@ class TrainConfig:
     keep_checkpoints: int = 2  # newest complete checkpoints kept; 0 = all
     # DataLoader worker processes per rank that read, decode and augment the snapshot; 0 = in the loop.
     # 2, by bench_loader (docs/benchmarks.md, "Training input pipeline"): in the loop, reading and
-    # decoding stop the step (a GPU idles while its rank decodes; one core decodes ~1,000 224x224
-    # JPEGs/s, a GPU trains ResNet-18 faster); in workers they overlap it, and 2 workers gave 1.4x
-    # one where the machine's load let them. A 2-rank GPU node then runs 2 trainers + 4 workers, within
-    # its usual 8+ vCPUs. Costs: 0.3-0.6 s per epoch to start each worker, batches in flight in
-    # /dev/shm; the digits demo (10 epochs, 2-core CPU) was not slower with 2 than with 0.
+    # decoding stop the step (a GPU idles while its rank decodes; one core decodes ~1,400 224x224
+    # JPEGs/s, a GPU trains ResNet-18 faster); in workers they overlap it, and 2 workers gave 1.4-1.7x
+    # one. A 2-rank GPU node then runs 2 trainers + 4 workers, within its usual 8+ vCPUs. Costs:
+    # 0.1-0.2 s per epoch to start the workers, batches in flight in /dev/shm; the digits demo
+    # (10 epochs, 2-core CPU) was not slower with 2 than with 0.
     loader_workers: int = 2
     shuffle_rows: int = SHUFFLE_ROWS  # rows shuffled together; memory ~ (this + one row group) x image bytes
     # Augmentation in the loader, per image, seeded (stream.Augment). Off by default: digits and text
