@@ -6,6 +6,7 @@ from __future__ import annotations
 from components._shared.cluster import GPUS_REQUESTED_ENV, RUN_AS_GID, RUN_AS_UID, ClusterSettings
 
 POD_LABELS = {"app.kubernetes.io/part-of": "ctp"}
+SHM_VOLUME = "dshm"  # the train task's memory-backed /dev/shm (as in the TrainJob's TrainingRuntime)
 # No Istio sidecar on step pods: an injected proxy runs as root with NET_ADMIN (fails Pod Security
 # "restricted") and keeps a finished step's pod alive.
 POD_ANNOTATIONS = {"sidecar.istio.io/inject": "false"}
@@ -58,6 +59,7 @@ def place_on_gpu_pool(task, settings: ClusterSettings) -> None:
         return
     kubernetes.add_pod_label(task, "app.kubernetes.io/component", "training")
     task.set_cpu_limit(settings.train_cpu).set_memory_limit(settings.train_memory)
+    kubernetes.empty_dir_mount(task, SHM_VOLUME, "/dev/shm", medium="Memory", size_limit=settings.train_shm)
     if settings.gpus == 0:
         return
     task.set_accelerator_type(settings.accelerator_type).set_accelerator_limit(settings.gpus)

@@ -30,6 +30,9 @@ class ClusterSettings:
     nodes: int = 1  # training nodes: > 1 trains on a Kubeflow Trainer TrainJob, launched by a small pod
     train_cpu: str = "8"
     train_memory: str = "32G"
+    # /dev/shm of the single-pod train task, memory-backed (counts against train_memory): DataLoader
+    # workers hand batches over in shared memory and NCCL uses it; a container's default is 64 MB.
+    train_shm: str = "8Gi"
     launcher_cpu: str = "500m"  # the train task when nodes > 1: it only submits and watches the TrainJob
     launcher_memory: str = "1Gi"
     step_cpu: str = "2"

@@ -4,6 +4,7 @@ pool of exactly N GPU nodes a launcher holding one would leave the TrainJob a no
 import yaml
 
 from components._shared.cluster import GPUS_REQUESTED_ENV, ClusterSettings
+from pipelines.cluster import SHM_VOLUME
 from pipelines.continuous_training import compile_pipeline
 from pipelines.run_params import spec_defaults
 
@@ -37,3 +38,18 @@ def test_a_single_node_pipeline_trains_on_the_gpu_pool(tmp_path):
     assert container["resources"]["accelerator"]["resourceCount"] == "8"
     assert task_config["nodeSelector"] and task_config["tolerations"]
     assert spec_defaults(spec)["num_nodes"] == 1
+
+
+def test_the_single_pod_train_task_has_a_memory_backed_dev_shm(tmp_path):
+    """DataLoader workers (loader_workers defaults to 2) pass batches through /dev/shm, which is 64 MB
+    in a container unless a volume is mounted there. The KFP driver turns the task's emptyDirMounts
+    into an emptyDir volume with that medium and sizeLimit, mounted in the main container
+    (kubeflow/pipelines 2.17.0, backend/src/v2/driver/k8s.go, "EmptyDirMounts"). A TrainJob's
+    workers get theirs from the TrainingRuntime (manifests/base); its launcher needs none."""
+    settings = ClusterSettings(gpus=0, train_shm="2Gi")
+    _, task_config = train_parts(*compiled(tmp_path, settings))
+    assert task_config["emptyDirMounts"] == [
+        {"volumeName": SHM_VOLUME, "mountPath": "/dev/shm", "medium": "Memory", "sizeLimit": "2Gi"}
+    ]
+    _, launcher_config = train_parts(*compiled(tmp_path, ClusterSettings(gpus=8, nodes=4)))
+    assert "emptyDirMounts" not in launcher_config
