@@ -70,7 +70,7 @@ def run_parameters(
 ) -> dict:
     """Parameters of one run, ``extra`` overriding the pipeline's ``defaults``, with the data
     fingerprint computed now for the window those settings select."""
-    from components.ingest.core import compute_fingerprint
+    from components.ingest.core import data_fingerprint
 
     extra = extra or {}
     window = {**defaults, **extra}
@@ -85,7 +85,7 @@ def run_parameters(
         "store_uri": store.uri,
         "dataset": dataset,
         "model_name": model_name,
-        "data_fingerprint": compute_fingerprint(store, config),
+        "data_fingerprint": data_fingerprint(store, config),
         "run_id": run_id,
         "trigger": trigger,
         "evidence_uri": evidence_uri,

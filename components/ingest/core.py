@@ -95,15 +95,24 @@ def _source(store: Store, dataset: str) -> dict[str, list[tuple[str, str]]]:
     return {batch: [(key, etags[key]) for key in batch_keys] for batch, batch_keys in batches.items()}
 
 
-def _fingerprint(source: dict, config: IngestConfig, consumed: list[str]) -> str:
-    """Everything that decides the window: the objects (ETags), the split, and the replay rule with
-    the watermark it applies to. Auto replay's share follows from the objects, the watermark and
-    the ratio; with nothing consumed it replays nothing, the same window as a full replay."""
-    body: dict = {
+def _data_body(source: dict, config: IngestConfig) -> dict:
+    """The data a run reads: the objects (ETags) and the split."""
+    return {
         "v": CONTRACT_VERSION,
         "test_fraction": config.test_fraction,
         "objects": [list(entry) for entries in source.values() for entry in entries],
     }
+
+
+def _digest(body: dict) -> str:
+    return hashlib.sha256(json.dumps(body).encode()).hexdigest()[:32]
+
+
+def _fingerprint(source: dict, config: IngestConfig, consumed: list[str]) -> str:
+    """Everything that decides the window: the data, and the replay rule with the watermark it
+    applies to. Auto replay's share follows from the objects, the watermark and the ratio; with
+    nothing consumed it replays nothing, the same window as a full replay."""
+    body = _data_body(source, config)
     if config.replay_auto and consumed:
         body["replay"] = {"ratio": config.replay_ratio, "consumed": consumed, "min_per_class": MIN_REPLAY_PER_CLASS}
     elif not config.replay_auto and config.replay_fraction < 1.0:  # the window then depends on the watermark too
@@ -112,7 +121,7 @@ def _fingerprint(source: dict, config: IngestConfig, consumed: list[str]) -> str
             "consumed": consumed,
             "min_per_class": MIN_REPLAY_PER_CLASS,
         }
-    return hashlib.sha256(json.dumps(body).encode()).hexdigest()[:32]
+    return _digest(body)
 
 
 def _watermark(store: Store, config: IngestConfig) -> list[str]:
@@ -121,8 +130,16 @@ def _watermark(store: Store, config: IngestConfig) -> list[str]:
 
 
 def compute_fingerprint(store: Store, config: IngestConfig) -> str:
-    """A fingerprint of the data window from object ETags; cheap (no data is read on S3)."""
+    """The fingerprint of the snapshot ingest would publish now, from object ETags; cheap (no data
+    is read on S3)."""
     return _fingerprint(_source(store, config.dataset), config, _watermark(store, config))
+
+
+def data_fingerprint(store: Store, config: IngestConfig) -> str:
+    """What a run is submitted for (``expected_fingerprint``): the objects and the split, not the
+    replay rule's watermark. The champion may move while the run waits for the lease (lease_policy wait):
+    its window then follows the new champion, but its data is still the data it was promised."""
+    return _digest(_data_body(_source(store, config.dataset), config))
 
 
 def _column(filesystem, key: str, name: str) -> pa.ChunkedArray:
@@ -498,9 +515,10 @@ def ingest(store: Store, config: IngestConfig, *, run_id: str = "") -> IngestRes
     source = _source(store, config.dataset)
     consumed = _watermark(store, config)
     fingerprint = _fingerprint(source, config, consumed)
-    if config.expected_fingerprint and config.expected_fingerprint != fingerprint:
+    found = _digest(_data_body(source, config))  # data_fingerprint
+    if config.expected_fingerprint and config.expected_fingerprint != found:
         raise DataValidationError(
-            f"data changed since the run was submitted (fingerprint {fingerprint}, "
+            f"data changed since the run was submitted (data fingerprint {found}, "
             f"expected {config.expected_fingerprint})",
             hint="submit a new run so its cache key matches the data",
             code="FINGERPRINT_MISMATCH",

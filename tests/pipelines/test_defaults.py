@@ -14,7 +14,7 @@ from components._shared.store import S3Store
 from components.deploy_canary.config import DeployConfig, KServeConfig
 from components.evaluate.config import EvaluateConfig
 from components.ingest.config import IngestConfig
-from components.ingest.core import compute_fingerprint
+from components.ingest.core import data_fingerprint
 from components.train.config import TrainConfig
 from components.validate_data.config import ValidateConfig
 from pipelines.cli import main
@@ -106,6 +106,6 @@ def test_submit_follows_a_changed_pipeline_default(s3_env, tmp_path, via):
         assert result.exit_code == 0, result.output
         (run,) = api.calls("POST", "/runs")
     parameters = run["json"]["runtime_config"]["parameters"]
-    assert parameters["data_fingerprint"] == compute_fingerprint(s3_store, IngestConfig(test_fraction=0.3))
-    assert parameters["data_fingerprint"] != compute_fingerprint(s3_store, IngestConfig())
+    assert parameters["data_fingerprint"] == data_fingerprint(s3_store, IngestConfig(test_fraction=0.3))
+    assert parameters["data_fingerprint"] != data_fingerprint(s3_store, IngestConfig())
     assert "test_fraction" not in parameters  # the pipeline's own default applies

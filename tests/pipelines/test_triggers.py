@@ -11,7 +11,7 @@ from click.testing import CliRunner
 from components._shared.sampledata import SeedConfig, seed_digits
 from components._shared.store import S3Store
 from components.ingest.config import IngestConfig
-from components.ingest.core import compute_fingerprint
+from components.ingest.core import data_fingerprint
 from pipelines.cli import main
 from pipelines.continuous_training import PIPELINE_NAME, compile_pipeline
 from tests.pipelines.fake_kfp import FakeKfpApi
@@ -91,7 +91,7 @@ def test_submit_runs_the_newest_version_with_the_run_parameters(fake_kfp, packag
         "pipeline_version_id": newest.pipeline_version_id,
     }
     params = body["runtime_config"]["parameters"]
-    assert params["data_fingerprint"] == compute_fingerprint(s3_store, IngestConfig(test_fraction=0.2))
+    assert params["data_fingerprint"] == data_fingerprint(s3_store, IngestConfig(test_fraction=0.2))
     assert params["store_uri"] == s3_store.uri and params["trigger"] == "schedule" and params["epochs"] == 3
     assert params["evidence_uri"] == "s3://x/report.json"
     assert body["display_name"] == params["run_id"] and params["run_id"].startswith("run-")

@@ -6,11 +6,17 @@ import numpy as np
 import pytest
 
 from components._shared.dataset import is_test_example
-from components._shared.errors import ConfigError
+from components._shared.errors import ConfigError, CtpError
 from components._shared.snapshot import load_split, read_manifest
 from components.ingest import core as ingest_core
 from components.ingest.config import REPLAY_AUTO, IngestConfig
-from components.ingest.core import MIN_REPLAY_PER_CLASS, auto_replay_fraction, compute_fingerprint, ingest
+from components.ingest.core import (
+    MIN_REPLAY_PER_CLASS,
+    auto_replay_fraction,
+    compute_fingerprint,
+    data_fingerprint,
+    ingest,
+)
 from tests.helpers import digits_table, write_batch
 from tests.unit.test_data_checks import publish_champion
 
@@ -82,7 +88,7 @@ def test_the_fingerprint_names_the_replay_policy(local_store, tmp_path):
     ]
     fingerprints = [compute_fingerprint(local_store, c) for c in configs]
     assert len(set(fingerprints)) == len(configs)
-    assert fingerprints[0] == ingest(local_store, IngestConfig()).fingerprint  # what the run will check
+    assert fingerprints[0] == ingest(local_store, IngestConfig()).fingerprint  # the snapshot it publishes
 
 
 def test_without_a_champion_auto_replay_is_the_full_window(local_store):
@@ -97,3 +103,18 @@ def test_bad_replay_settings_are_config_errors(fields):
     with pytest.raises(ConfigError, match="replay_"):
         IngestConfig(**fields)
     assert IngestConfig.replay_fraction == REPLAY_AUTO  # the default is the sized replay
+
+
+def test_a_run_submitted_before_the_champion_moved_still_finds_its_data(local_store, tmp_path):
+    """lease_policy=wait: a run submitted while another trains starts after that one promoted. Its
+    window follows the new champion (the watermark moved), but the data it was promised is there,
+    so ingest goes on; only a change of the data itself is FINGERPRINT_MISMATCH."""
+    write_batch(local_store, digits_table(300, prefix="old", shape=(8, 8, 1)), "0000")
+    submitted = data_fingerprint(local_store, IngestConfig())  # no champion yet
+    publish_champion(local_store, tmp_path, ingest(local_store, IngestConfig()).fingerprint)
+    assert compute_fingerprint(local_store, IngestConfig(force=True)) != submitted  # the window moved
+    assert ingest(local_store, IngestConfig(expected_fingerprint=submitted, force=True)).fingerprint
+    write_batch(local_store, digits_table(50, prefix="new", shape=(8, 8, 1)), "0001")
+    with pytest.raises(CtpError, match="data changed since the run was submitted") as err:
+        ingest(local_store, IngestConfig(expected_fingerprint=submitted))
+    assert err.value.code == "FINGERPRINT_MISMATCH"
