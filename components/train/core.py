@@ -35,7 +35,7 @@ from components._shared.store import open_store
 from components.train import checkpoint
 from components.train.config import TrainConfig
 from components.train.faults import FaultPlan
-from components.train.stream import Augment, TrainStream, validation_mask
+from components.train.stream import Augment, TrainStream, batch_loader, validation_mask
 
 REFERENCE_ROWS = 1000
 SHRINK, PERTURB = 0.4, 0.1  # shrink-and-perturb factors from Ash & Adams (2020)
@@ -371,16 +371,12 @@ class _Loop:
     def _batches(self, epoch: int, skip_steps: int):
         """This rank's batches of ``epoch`` in the seeded order, after the first ``skip_steps``
         (skipped inside the stream: a resumed epoch does not read what it already trained on)."""
-        from torch.utils.data import DataLoader
-
         self.stream.set_epoch(epoch, skip_steps)
-        return DataLoader(
-            self.stream, batch_size=None, num_workers=self.config.loader_workers, pin_memory=self.device.type == "cuda"
-        )
+        return batch_loader(self.stream, self.config.loader_workers)
 
     def _step(self, x, y, progress: Progress) -> None:
         started = time.perf_counter()
-        x, y = to_tensor(x.numpy()).to(self.device), y.to(self.device)
+        x, y = to_tensor(x).to(self.device), torch.from_numpy(y).to(self.device)
         self.optimizer.zero_grad(set_to_none=True)
         with torch.autocast(device_type=self.device.type, enabled=self.amp):
             logits = self.net(x)

@@ -34,9 +34,8 @@ from collections.abc import Iterator
 
 import numpy as np
 import pyarrow as pa
-import torch
 from PIL import Image
-from torch.utils.data import IterableDataset, get_worker_info
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from components._shared.dataset import (
     ID,
@@ -114,6 +113,16 @@ def _augment_pixels(images: np.ndarray, shifts: np.ndarray, flips: np.ndarray) -
     return images
 
 
+def _as_is(batch):
+    return batch
+
+
+def batch_loader(stream: TrainStream, workers: int) -> DataLoader:
+    """The stream's batches through ``workers`` DataLoader processes (0: in the caller), passed
+    on as the stream made them (it batches itself; numpy stays numpy)."""
+    return DataLoader(stream, batch_size=None, num_workers=workers, collate_fn=_as_is)
+
+
 def validation_mask(ids: list[str], fraction: float) -> np.ndarray:
     """True where an id is in the validation carve: a stable hash of the id, salted so it is
     independent of the test split, so an example never moves between training and validation."""
@@ -133,7 +142,11 @@ def skipped_in_share(skip_batches: int, worker: int, workers: int) -> int:
 
 
 class TrainStream(IterableDataset):
-    """This rank's training batches as (images uint8 (N, H, W, C), labels int64) tensors.
+    """This rank's training batches as (images uint8 (N, H, W, C), labels int64) numpy arrays.
+    Numpy, not tensors: a DataLoader worker pickles numpy through its pipe, while each tensor goes
+    through torch's shared-memory handover (a segment and a file descriptor per tensor), which cost
+    ~3-4 ms per batch and held one worker to ~0.66x a bare decode loop (docs/benchmarks.md); the
+    loader passes batches on as they are (``batch_loader``).
 
     Reads the split's footer (and, with a validation carve, its id column) when built; the
     caller verifies the split's checksum first (snapshot.verify_split)."""
@@ -180,14 +193,14 @@ class TrainStream(IterableDataset):
         """The next iteration yields ``epoch``'s batches after its first ``skip_batches`` (resume)."""
         self.epoch, self.skip_batches = epoch, skip_batches
 
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def __iter__(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         worker = get_worker_info()
         if worker is None:
             return self.worker_batches(0, 1)
         # the DataLoader asks its worker 0 first: after a resume, that is the share the next batch is in
         return self.worker_batches((worker.id + self.skip_batches) % worker.num_workers, worker.num_workers)
 
-    def worker_batches(self, worker: int, workers: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def worker_batches(self, worker: int, workers: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """One DataLoader worker's batches of the current epoch, in order (rows are rank-relative)."""
         share = worker_share(self.batches_per_epoch, worker, workers)
         low, high = share.start * self.batch_size, min(share.stop * self.batch_size, self.rank_rows)
@@ -206,7 +219,7 @@ class TrainStream(IterableDataset):
 
     def _shuffled(
         self, window: tuple[np.ndarray, np.ndarray], rng: np.random.Generator, start: int, skip_rows: int
-    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """A window's rows in batches, in a seeded order, after the first ``skip_rows``; ``start`` is
         the window's first row in the rank's epoch. The window is released when this returns, before
         the next one is read."""
@@ -220,7 +233,7 @@ class TrainStream(IterableDataset):
                 images = self.augment(stored[take], rng)
             else:
                 images = decode_stored(stored[take])
-            yield torch.from_numpy(images), torch.from_numpy(labels[take])
+            yield images, labels[take]
 
     def sample_images(self, size: int, seed: int) -> np.ndarray:
         """A seeded uniform sample of up to ``size`` training rows' images (validation rows

@@ -1,5 +1,5 @@
 """The training input pipeline at realistic image sizes: JPEG bytes in the snapshot, read, decoded,
-augmented (flip + pad-and-crop) and made tensors by TrainStream through a DataLoader, against a
+augmented (flip + pad-and-crop) and batched by TrainStream through its DataLoader, against a
 bare PIL decode loop over the same bytes, side by side in one run.
 
 Goals: one loader worker delivers >= 90% of the bare loop's images/s (the loader adds little to
@@ -25,10 +25,9 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
-from torch.utils.data import DataLoader
 
 from components._shared.store import LocalStore
-from components.train.stream import Augment, TrainStream
+from components.train.stream import Augment, TrainStream, batch_loader
 from tests.helpers import write_encoded_split
 from tests.shapes import shape_jpegs
 
@@ -58,7 +57,7 @@ def loader(stream: TrainStream, workers: int) -> tuple[float, float, float]:
     batch is in (steady state), seconds to the first batch (starting the workers, reading the
     first window; paid once per epoch), and CPU seconds per image of all its processes."""
     started, cpu, seen, first = time.perf_counter(), cpu_seconds(), 0, None
-    for _, labels in DataLoader(stream, batch_size=None, num_workers=workers):
+    for _, labels in batch_loader(stream, workers):
         if first is None:
             first = time.perf_counter()
         else:

@@ -10,12 +10,11 @@ horizontal_flip) for the offsets and flips drawn.
 import numpy as np
 import pytest
 import torch
-from torch.utils.data import DataLoader
 from torchvision.transforms.v2 import functional as tvf
 
 from components._shared.errors import ConfigError
 from components.train.config import TrainConfig
-from components.train.stream import Augment, TrainStream
+from components.train.stream import Augment, TrainStream, batch_loader
 from tests.helpers import encode_images, train_in_process, write_encoded_split
 from tests.unit.test_train_stream import numbered_snapshot, numbers, peak_bytes
 
@@ -80,7 +79,7 @@ def test_encoded_images_are_augmented_exactly_as_their_pixels(channels):
 
 
 def batches(stream: TrainStream, workers: int) -> list[np.ndarray]:
-    return [images.numpy() for images, _ in DataLoader(stream, batch_size=None, num_workers=workers)]
+    return [images for images, _ in batch_loader(stream, workers)]
 
 
 @pytest.mark.parametrize("workers", [0, 2])
@@ -117,7 +116,7 @@ def test_an_encoded_snapshot_streams_every_row_decoded_once_per_epoch(local_stor
         seen = []
         for worker in range(workers):
             for images, y in stream.worker_batches(worker, workers):
-                assert images.dtype == torch.uint8 and images.shape[1:] == (32, 32, 3)
+                assert images.dtype == np.uint8 and images.shape[1:] == (32, 32, 3)
                 assert y.tolist() == [n % 5 for n in numbers(images)]
                 seen += numbers(images)
         assert sorted(seen) == list(range(rows))

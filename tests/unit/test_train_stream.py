@@ -7,7 +7,6 @@ import tracemalloc
 import numpy as np
 import pyarrow as pa
 import pytest
-from torch.utils.data import DataLoader
 
 from components._shared.dataset import ID, LABEL, images_to_array, stable_bucket
 from components._shared.errors import IntegrityError
@@ -15,7 +14,7 @@ from components._shared.snapshot import SplitFile, load_split, split_key, verify
 from components.ingest.config import IngestConfig
 from components.ingest.core import ingest
 from components.train import stream as stream_module
-from components.train.stream import TrainStream
+from components.train.stream import TrainStream, batch_loader
 from tests.helpers import train_in_process, write_batch
 
 WORLD, WORKERS = 2, 2
@@ -81,7 +80,7 @@ def test_every_row_is_read_once_per_epoch_across_ranks_and_workers_and_ranks_get
 def test_every_rank_runs_the_same_number_of_batches(local_store):
     fingerprint = numbered_snapshot(local_store, rows=101)
     for stream in ranks(local_store, fingerprint, batch_size=7):
-        loader = DataLoader(stream, batch_size=None, num_workers=0)
+        loader = batch_loader(stream, 0)
         assert len(list(loader)) == stream.batches_per_epoch == -(-stream.rows // WORLD // 7)
 
 
@@ -101,11 +100,11 @@ def test_a_resumed_epoch_yields_exactly_the_batches_after_the_skipped_ones(store
     fingerprint = numbered_snapshot(store, batches=3, rows=100)
     stream = ranks(store, fingerprint)[1]
     stream.set_epoch(3)
-    whole = [numbers(images) for images, _ in DataLoader(stream, batch_size=None, num_workers=workers)]
+    whole = [numbers(images) for images, _ in batch_loader(stream, workers)]
     assert len(whole) == stream.batches_per_epoch
     for skip in (1, 5, len(whole) - 1):
         stream.set_epoch(3, skip)
-        resumed = [numbers(images) for images, _ in DataLoader(stream, batch_size=None, num_workers=workers)]
+        resumed = [numbers(images) for images, _ in batch_loader(stream, workers)]
         assert resumed == whole[skip:]
 
 
