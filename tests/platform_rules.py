@@ -323,46 +323,35 @@ def egress_allows(
     isolated (everything allowed); otherwise the union of the selecting policies' rules."""
     import ipaddress
 
-    selecting = [
-        p
-        for p in policies
-        if "Egress" in p["spec"].get("policyTypes", ["Ingress"])
-        and p["metadata"].get("namespace") == pod_namespace
-        and selector_matches(p["spec"].get("podSelector", {}), pod_labels)
-    ]
-    if not selecting:
+    rules = _rules_allowing(policies, "Egress", pod_labels, pod_namespace, port, protocol)
+    if rules is None:
         return True
     ns_labels = dict(peer_namespace_labels or {})
     if peer_namespace is not None:
         ns_labels.setdefault("kubernetes.io/metadata.name", peer_namespace)
-    for policy in selecting:
-        for rule in policy["spec"].get("egress") or []:
-            ports = rule.get("ports")
-            if ports and not any(p.get("protocol", "TCP") == protocol and _port_matches(p, port) for p in ports):
-                continue
-            peers = rule.get("to")
-            if not peers:
-                return True
-            for peer in peers:
-                if "ipBlock" in peer:
-                    if peer_ip is None:
-                        continue
-                    block = peer["ipBlock"]
-                    ip = ipaddress.ip_address(peer_ip)
-                    if ip in ipaddress.ip_network(block["cidr"]) and not any(
-                        ip in ipaddress.ip_network(e) for e in block.get("except") or []
-                    ):
-                        return True
+    for peers in rules:
+        if not peers:
+            return True
+        for peer in peers:
+            if "ipBlock" in peer:
+                if peer_ip is None:
                     continue
-                if peer_labels is None:
-                    continue
-                if "namespaceSelector" in peer:
-                    if not selector_matches(peer["namespaceSelector"], ns_labels):
-                        continue
-                elif peer_namespace != pod_namespace:
-                    continue
-                if selector_matches(peer.get("podSelector", {}), peer_labels):
+                block = peer["ipBlock"]
+                ip = ipaddress.ip_address(peer_ip)
+                if ip in ipaddress.ip_network(block["cidr"]) and not any(
+                    ip in ipaddress.ip_network(e) for e in block.get("except") or []
+                ):
                     return True
+                continue
+            if peer_labels is None:
+                continue
+            if "namespaceSelector" in peer:
+                if not selector_matches(peer["namespaceSelector"], ns_labels):
+                    continue
+            elif peer_namespace != pod_namespace:
+                continue
+            if selector_matches(peer.get("podSelector", {}), peer_labels):
+                return True
     return False
 
 
@@ -378,33 +367,47 @@ def ingress_allows(
 ) -> bool:
     """Would NetworkPolicies let a pod (peer_labels in peer_namespace) connect to a pod with
     pod_labels on its port ``port``? Same semantics as egress_allows, for Ingress rules."""
+    rules = _rules_allowing(policies, "Ingress", pod_labels, pod_namespace, port, protocol)
+    if rules is None:
+        return True
+    for peers in rules:
+        if not peers:
+            return True
+        for peer in peers:
+            if "namespaceSelector" in peer:
+                ns_labels = {"kubernetes.io/metadata.name": peer_namespace}
+                if not selector_matches(peer["namespaceSelector"], ns_labels):
+                    continue
+            elif peer_namespace != pod_namespace:
+                continue
+            if selector_matches(peer.get("podSelector", {}), peer_labels):
+                return True
+    return False
+
+
+def _rules_allowing(
+    policies: list[dict], kind: str, pod_labels: dict, pod_namespace: str, port: int, protocol: str
+) -> list[list[dict]] | None:
+    """The peer lists of the ``kind`` ("Egress"/"Ingress") rules that open ``port``, in the
+    policies selecting the pod (an empty list: every peer); None if no policy of that kind
+    selects it (the pod is not isolated)."""
     selecting = [
         p
         for p in policies
-        if "Ingress" in p["spec"].get("policyTypes", ["Ingress"])
+        if kind in p["spec"].get("policyTypes", ["Ingress"])
         and p["metadata"].get("namespace") == pod_namespace
         and selector_matches(p["spec"].get("podSelector", {}), pod_labels)
     ]
     if not selecting:
-        return True
-    for policy in selecting:
-        for rule in policy["spec"].get("ingress") or []:
-            ports = rule.get("ports")
-            if ports and not any(p.get("protocol", "TCP") == protocol and _port_matches(p, port) for p in ports):
-                continue
-            peers = rule.get("from")
-            if not peers:
-                return True
-            for peer in peers:
-                if "namespaceSelector" in peer:
-                    ns_labels = {"kubernetes.io/metadata.name": peer_namespace}
-                    if not selector_matches(peer["namespaceSelector"], ns_labels):
-                        continue
-                elif peer_namespace != pod_namespace:
-                    continue
-                if selector_matches(peer.get("podSelector", {}), peer_labels):
-                    return True
-    return False
+        return None
+    rules_key, peers_key = ("egress", "to") if kind == "Egress" else ("ingress", "from")
+    return [
+        rule.get(peers_key) or []
+        for policy in selecting
+        for rule in policy["spec"].get(rules_key) or []
+        if not rule.get("ports")
+        or any(p.get("protocol", "TCP") == protocol and _port_matches(p, port) for p in rule["ports"])
+    ]
 
 
 def _port_matches(rule_port: dict, port: int) -> bool:
