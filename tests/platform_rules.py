@@ -321,8 +321,6 @@ def egress_allows(
     """Would NetworkPolicies (all in pod_namespace) let a pod with pod_labels open a connection to
     the peer's POD port? Semantics of networking.k8s.io/v1: a pod no Egress policy selects is not
     isolated (everything allowed); otherwise the union of the selecting policies' rules."""
-    import ipaddress
-
     rules = _rules_allowing(policies, "Egress", pod_labels, pod_namespace, port, protocol)
     if rules is None:
         return True
@@ -330,28 +328,10 @@ def egress_allows(
     if peer_namespace is not None:
         ns_labels.setdefault("kubernetes.io/metadata.name", peer_namespace)
     for peers in rules:
-        if not peers:
+        if not peers or any(
+            _peer_matches(peer, pod_namespace, peer_labels, peer_namespace, ns_labels, peer_ip) for peer in peers
+        ):
             return True
-        for peer in peers:
-            if "ipBlock" in peer:
-                if peer_ip is None:
-                    continue
-                block = peer["ipBlock"]
-                ip = ipaddress.ip_address(peer_ip)
-                if ip in ipaddress.ip_network(block["cidr"]) and not any(
-                    ip in ipaddress.ip_network(e) for e in block.get("except") or []
-                ):
-                    return True
-                continue
-            if peer_labels is None:
-                continue
-            if "namespaceSelector" in peer:
-                if not selector_matches(peer["namespaceSelector"], ns_labels):
-                    continue
-            elif peer_namespace != pod_namespace:
-                continue
-            if selector_matches(peer.get("podSelector", {}), peer_labels):
-                return True
     return False
 
 
@@ -370,19 +350,40 @@ def ingress_allows(
     rules = _rules_allowing(policies, "Ingress", pod_labels, pod_namespace, port, protocol)
     if rules is None:
         return True
-    for peers in rules:
-        if not peers:
-            return True
-        for peer in peers:
-            if "namespaceSelector" in peer:
-                ns_labels = {"kubernetes.io/metadata.name": peer_namespace}
-                if not selector_matches(peer["namespaceSelector"], ns_labels):
-                    continue
-            elif peer_namespace != pod_namespace:
-                continue
-            if selector_matches(peer.get("podSelector", {}), peer_labels):
-                return True
-    return False
+    ns_labels = {"kubernetes.io/metadata.name": peer_namespace}
+    return any(
+        not peers or any(_peer_matches(peer, pod_namespace, peer_labels, peer_namespace, ns_labels) for peer in peers)
+        for peers in rules
+    )
+
+
+def _peer_matches(
+    peer: dict,
+    pod_namespace: str,
+    peer_labels: dict | None,
+    peer_namespace: str | None,
+    ns_labels: dict,
+    peer_ip: str | None = None,
+) -> bool:
+    """Does one ``to``/``from`` entry name the peer: an ipBlock holding peer_ip, or a pod selector
+    (in the policy's namespace, or in the namespaces its namespaceSelector picks by ns_labels)?"""
+    import ipaddress
+
+    if "ipBlock" in peer:
+        if peer_ip is None:
+            return False
+        block, ip = peer["ipBlock"], ipaddress.ip_address(peer_ip)
+        return ip in ipaddress.ip_network(block["cidr"]) and not any(
+            ip in ipaddress.ip_network(e) for e in block.get("except") or []
+        )
+    if peer_labels is None:
+        return False
+    if "namespaceSelector" in peer:
+        if not selector_matches(peer["namespaceSelector"], ns_labels):
+            return False
+    elif peer_namespace != pod_namespace:
+        return False
+    return selector_matches(peer.get("podSelector", {}), peer_labels)
 
 
 def _rules_allowing(

@@ -74,6 +74,8 @@ def test_begin_run_skips_with_a_recorded_decision_or_waits(store):
     assert waited == {} and lease.read(store, MODEL).run_id == "third"
     bounded = begin_run(store, IngestConfig(lease_policy="wait", lease_wait_seconds=1), "fourth", poll_seconds=0.2)
     assert bounded["reason"].startswith("another run is active (run third) (waited ")
+    # it waits the whole lease_wait_seconds, then gives up (the last sleep is cut to the bound; the rest is
+    # slack for a loaded machine); one that ignored the bound would wait out "third"'s 30-minute lease
     assert 1.0 <= bounded["waited_seconds"] < 3
 
 
