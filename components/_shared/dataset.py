@@ -233,7 +233,7 @@ def _check_encoded_images(column, table, batch) -> tuple[list[Finding], np.ndarr
     decoded, bad, reasons = [], [], []
     for row, data in enumerate(column.to_pylist()):
         try:
-            decoded.append(_decode_encoded(data))
+            decoded.append(decode_encoded(data))
         except (ValueError, OSError) as err:
             bad.append(row)
             reasons.append(str(err))
@@ -271,7 +271,7 @@ def _check_encoded_images(column, table, batch) -> tuple[list[Finding], np.ndarr
 def stored_images(table: pa.Table) -> np.ndarray:
     """The image column indexable by row, without decoding PNG/JPEG: pixels as (N, H, W, C) uint8
     (a view of a snapshot's raw bytes), encoded images as an object array of their bytes. A loader
-    holds this form for its shuffle window and decodes one batch at a time (decode_stored)."""
+    holds this form for its shuffle window and decodes one batch at a time (decode_encoded)."""
     field = table.schema.field(IMAGE)
     if not (pa.types.is_binary(field.type) or pa.types.is_large_binary(field.type)):
         return decode_images(table)
@@ -280,20 +280,9 @@ def stored_images(table: pa.Table) -> np.ndarray:
     return encoded
 
 
-def decode_stored(stored: np.ndarray, edits: list | None = None) -> np.ndarray:
-    """Rows of ``stored_images`` as (N, H, W, C) uint8: pixels as they are, encoded images decoded
-    (each through its PIL image edit, if given). Raises ValueError on an undecodable image or
-    images of different shapes."""
-    if stored.dtype != object:
-        return stored
-    images = [_decode_encoded(data, edit) for data, edit in zip(stored, edits or [None] * len(stored), strict=True)]
-    shapes = sorted({image.shape for image in images})
-    if len(shapes) > 1:
-        raise ValueError(f"images of different shapes in one batch: {shapes}")
-    return np.stack(images) if images else np.zeros((0, 1, 1, 1), np.uint8)
-
-
-def _decode_encoded(data: bytes | None, edit=None) -> np.ndarray:
+def decode_encoded(data: bytes | None, mirror: bool = False) -> np.ndarray:
+    """PNG/JPEG bytes as (H, W, C) uint8 (L or RGB), mirrored left-right by Pillow if asked.
+    Raises ValueError (or OSError) on bytes that are not an image it accepts."""
     from PIL import Image
 
     if not data:
@@ -303,7 +292,7 @@ def _decode_encoded(data: bytes | None, edit=None) -> np.ndarray:
             raise ValueError(f"image of {img.width}x{img.height} exceeds {MAX_IMAGE_PIXELS} pixels")
         if img.mode not in ("L", "RGB"):  # convert() copies even an image already in its mode
             img = img.convert("L" if img.mode in ("P", "1", "I", "F") else "RGB")
-        array = np.asarray(edit(img) if edit else img)
+        array = np.asarray(img.transpose(Image.Transpose.FLIP_LEFT_RIGHT) if mirror else img)
     return array[..., None] if array.ndim == 2 else array
 
 

@@ -30,11 +30,10 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import pyarrow as pa
-from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from components._shared.dataset import (
@@ -42,8 +41,8 @@ from components._shared.dataset import (
     IMAGE,
     LABEL,
     bucket_cut,
+    decode_encoded,
     decode_images,
-    decode_stored,
     stable_buckets,
     stored_images,
 )
@@ -51,6 +50,7 @@ from components._shared.errors import DataValidationError
 from components._shared.snapshot import Split, SplitFile, split_from_table
 from components._shared.store import Store
 from components.train.config import SHUFFLE_ROWS
+from components.train.ring import FORK, BatchRing, ring_batches
 
 VALIDATION_ROWS = 10_000  # at most this many carved rows are kept for validation (a uniform sample)
 VALIDATION_SEED = 0  # the validation sample does not change with the training seed
@@ -77,50 +77,89 @@ class Augment:
         shifts = rng.integers(-pad, pad + 1, size=(n, 2)) if pad else np.zeros((n, 2), np.int64)
         return shifts, rng.random(n) < 0.5 if self.flip else np.zeros(n, bool)
 
-    def __call__(self, stored: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        """Rows of ``stored_images`` as an augmented uint8 (N, H, W, C) batch. Encoded images are
-        cropped and mirrored as decoded PIL images, before they become arrays: Pillow does both in C
-        (mirroring an RGB array in numpy costs about 2/3 of decoding the JPEG)."""
-        shifts, flips = self.draw(len(stored), rng)
-        if stored.dtype == object:
-            edits = [functools.partial(_edit_image, s, f) for s, f in zip(shifts.tolist(), flips.tolist(), strict=True)]
-            return decode_stored(stored, edits)
-        return _augment_pixels(stored, shifts, flips)
+    def __call__(self, stored: np.ndarray, rng: np.random.Generator, out: np.ndarray | None = None) -> np.ndarray:
+        """Rows of ``stored_images`` as an augmented uint8 (N, H, W, C) batch, in ``out`` if given."""
+        return fill_batch(stored, out, *self.draw(len(stored), rng))
 
 
-def _edit_image(shift: list[int], flip: bool, image):
-    dy, dx = shift
-    if dy or dx:  # Pillow fills the part of the box outside the image with zeros, as padding would
-        image = image.crop((dx, dy, dx + image.width, dy + image.height))
-    return image.transpose(Image.Transpose.FLIP_LEFT_RIGHT) if flip else image
-
-
-def _augment_pixels(images: np.ndarray, shifts: np.ndarray, flips: np.ndarray) -> np.ndarray:
-    """Image i moved by shifts[i] = (dy, dx) (out[y, x] = image[y + dy, x + dx], zero outside),
-    then mirrored where flips[i]; mirrors in place."""
-    if shifts.any():
-        out = np.zeros_like(images)
-        h, w = images.shape[1:3]
-        for i, (dy, dx) in enumerate(shifts.tolist()):
-            out[i, max(-dy, 0) : h - max(dy, 0), max(-dx, 0) : w - max(dx, 0)] = images[
-                i, max(dy, 0) : h - max(-dy, 0), max(dx, 0) : w - max(-dx, 0)
-            ]
-        images = out
-    if flips.any():
-        pixels = np.ascontiguousarray(images).view(np.dtype((np.void, images.shape[-1])))  # whole pixels move
+def fill_batch(stored: np.ndarray, out: np.ndarray | None, shifts: np.ndarray, flips: np.ndarray) -> np.ndarray:
+    """Rows of ``stored_images`` as one uint8 (N, H, W, C) batch in ``out`` (made if None): image i
+    moved by shifts[i] = (dy, dx) (out[y, x] = image[y + dy, x + dx], zero outside: torchvision's
+    pad-and-crop), then mirrored where flips[i]. Each image is decoded and written once, straight into
+    the batch. Encoded images are mirrored by Pillow before they become arrays, in C (mirroring
+    3-byte pixels in numpy costs two thirds of a decode); mirroring first turns the shift's x around.
+    Raises ValueError on an undecodable image or one of another shape than the batch's."""
+    encoded = stored.dtype == object
+    for i, (dy, dx) in enumerate(shifts.tolist()):
+        if encoded:
+            image = decode_encoded(stored[i], mirror=bool(flips[i]))
+            dx = -dx if flips[i] else dx
+        else:
+            image = stored[i]
+        if out is None:
+            out = np.empty((len(stored), *image.shape), np.uint8)
+        elif image.shape != out.shape[1:]:
+            raise ValueError(f"an image of shape {image.shape} among images of shape {out.shape[1:]}")
+        _place(image, out[i], dy, dx)
+    if out is None:
+        return np.zeros((0, 1, 1, 1), np.uint8)
+    if not encoded and flips.any():
+        pixels = out.view(np.dtype((np.void, out.shape[-1])))  # whole pixels move
         pixels[flips] = pixels[flips, :, ::-1]  # about 2x faster than mirroring the (..., C) uint8 array
-        images = pixels.view(np.uint8)
-    return images
+    return out
+
+
+def _place(image: np.ndarray, target: np.ndarray, dy: int, dx: int) -> None:
+    """target[y, x] = image[y + dy, x + dx], zero where that is outside the image."""
+    if not (dy or dx):
+        target[...] = image
+        return
+    h, w = image.shape[:2]
+    target[max(-dy, 0) : h - max(dy, 0), max(-dx, 0) : w - max(dx, 0)] = image[
+        max(dy, 0) : h - max(-dy, 0), max(dx, 0) : w - max(-dx, 0)
+    ]
+    target[: max(-dy, 0)] = 0  # the rows and columns moved in from outside the image
+    target[h - max(dy, 0) :] = 0
+    target[:, : max(-dx, 0)] = 0
+    target[:, w - max(dx, 0) :] = 0
 
 
 def _as_is(batch):
     return batch
 
 
-def batch_loader(stream: TrainStream, workers: int) -> DataLoader:
-    """The stream's batches through ``workers`` DataLoader processes (0: in the caller), passed
-    on as the stream made them (it batches itself; numpy stays numpy)."""
-    return DataLoader(stream, batch_size=None, num_workers=workers, collate_fn=_as_is)
+def batch_loader(stream: TrainStream, workers: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """The stream's batches, made by ``workers`` DataLoader processes (0: in the caller). Workers
+    hand batches over through a BatchRing (ring.py): a batch is valid until the next one is taken."""
+    if not workers:
+        yield from stream.worker_batches(0, 1)
+        return
+    ring = stream.ring(workers)
+    loader = DataLoader(
+        _RingFed(stream, ring), batch_size=None, num_workers=workers, collate_fn=_as_is, multiprocessing_context=FORK
+    )
+    held = None
+    try:
+        for worker, slot, labels in loader:
+            if held is not None:
+                ring.give_back(held)
+            held = worker
+            yield ring.images(worker, slot, len(labels)), labels
+    finally:
+        ring.unblock()
+
+
+class _RingFed(IterableDataset):
+    """A TrainStream whose DataLoader workers write their batches into a BatchRing."""
+
+    def __init__(self, stream: TrainStream, ring: BatchRing):
+        self.stream, self.ring = stream, ring
+
+    def __iter__(self) -> Iterator[tuple[int, int, np.ndarray]]:
+        worker = get_worker_info()
+        share, shares = self.stream.loader_share(worker)
+        batches = self.stream.worker_batches(share, shares, out=self.ring.slot_for(worker.id))
+        return ring_batches(self.ring, worker.id, batches)
 
 
 def validation_mask(ids: list[str], fraction: float) -> np.ndarray:
@@ -141,12 +180,9 @@ def skipped_in_share(skip_batches: int, worker: int, workers: int) -> int:
     return max(0, -(-(skip_batches - worker) // workers))
 
 
-class TrainStream(IterableDataset):
-    """This rank's training batches as (images uint8 (N, H, W, C), labels int64) numpy arrays.
-    Numpy, not tensors: a DataLoader worker pickles numpy through its pipe, while each tensor goes
-    through torch's shared-memory handover (a segment and a file descriptor per tensor), which cost
-    ~3-4 ms per batch and held one worker to ~0.66x a bare decode loop (docs/benchmarks.md); the
-    loader passes batches on as they are (``batch_loader``).
+class TrainStream:
+    """This rank's training batches as (images uint8 (N, H, W, C), labels int64) numpy arrays, read
+    through ``batch_loader``.
 
     Reads the split's footer (and, with a validation carve, its id column) when built; the
     caller verifies the split's checksum first (snapshot.verify_split)."""
@@ -184,6 +220,7 @@ class TrainStream(IterableDataset):
                 hint="add data or train on fewer ranks",
             )
         self.epoch, self.skip_batches = 0, 0
+        self._ring: BatchRing | None = None
 
     @property
     def batches_per_epoch(self) -> int:
@@ -193,15 +230,31 @@ class TrainStream(IterableDataset):
         """The next iteration yields ``epoch``'s batches after its first ``skip_batches`` (resume)."""
         self.epoch, self.skip_batches = epoch, skip_batches
 
-    def __iter__(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        worker = get_worker_info()
-        if worker is None:
-            return self.worker_batches(0, 1)
-        # the DataLoader asks its worker 0 first: after a resume, that is the share the next batch is in
-        return self.worker_batches((worker.id + self.skip_batches) % worker.num_workers, worker.num_workers)
+    @functools.cached_property
+    def image_shape(self) -> tuple[int, ...]:
+        """(H, W, C) of the split's images (ingest gives a snapshot one shape), from its first row."""
+        with SplitFile(self.store, self.fingerprint, "train") as split:
+            group = next(g for g, rows in enumerate(split.group_rows) if rows)
+            return decode_images(split.read_group(group, [IMAGE]).slice(0, 1)).shape[1:]
 
-    def worker_batches(self, worker: int, workers: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """One DataLoader worker's batches of the current epoch, in order (rows are rank-relative)."""
+    def ring(self, workers: int) -> BatchRing:
+        """The handover slots for ``workers`` loader workers, started afresh: made once and kept
+        across epochs (each epoch's DataLoader forks new workers, which inherit them)."""
+        if self._ring is None or self._ring.workers != workers:
+            self._ring = BatchRing(workers, (self.batch_size, *self.image_shape))
+        self._ring.start()
+        return self._ring
+
+    def loader_share(self, worker) -> tuple[int, int]:
+        """(share, shares): which of the epoch's shares a DataLoader worker (``get_worker_info()``) makes.
+        The DataLoader asks its worker 0 first: after a resume, that is the share the next batch is in."""
+        return (worker.id + self.skip_batches) % worker.num_workers, worker.num_workers
+
+    def worker_batches(
+        self, worker: int, workers: int, out: Callable[[int], np.ndarray | None] = lambda n: None
+    ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """One share's batches of the current epoch, in order (rows are rank-relative); each batch of n
+        images is written into ``out(n)`` (a new array if that is None)."""
         share = worker_share(self.batches_per_epoch, worker, workers)
         low, high = share.start * self.batch_size, min(share.stop * self.batch_size, self.rank_rows)
         resume_at = low + skipped_in_share(self.skip_batches, worker, workers) * self.batch_size
@@ -215,10 +268,10 @@ class TrainStream(IterableDataset):
                 if stop > resume_at:  # windows done before a restart are not even read
                     rng = np.random.default_rng([self.seed, self.epoch, self.rank, worker, workers, start])
                     window = rows.read(offset + start, offset + stop)
-                    yield from self._shuffled(window, rng, start, max(resume_at - start, 0))
+                    yield from self._shuffled(window, rng, start, max(resume_at - start, 0), out)
 
     def _shuffled(
-        self, window: tuple[np.ndarray, np.ndarray], rng: np.random.Generator, start: int, skip_rows: int
+        self, window: tuple[np.ndarray, np.ndarray], rng: np.random.Generator, start: int, skip_rows: int, out
     ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """A window's rows in batches, in a seeded order, after the first ``skip_rows``; ``start`` is
         the window's first row in the rank's epoch. The window is released when this returns, before
@@ -227,13 +280,9 @@ class TrainStream(IterableDataset):
         order = rng.permutation(len(labels))
         for first in range(skip_rows, len(order), self.batch_size):
             take = order[first : first + self.batch_size]
-            if self.augment.active:
-                batch = (start + first) // self.batch_size  # the same draw however the epoch is split or resumed
-                rng = np.random.default_rng([AUGMENT_STREAM, self.seed, self.epoch, self.rank, batch])
-                images = self.augment(stored[take], rng)
-            else:
-                images = decode_stored(stored[take])
-            yield images, labels[take]
+            batch = (start + first) // self.batch_size  # the same draw however the epoch is split or resumed
+            rng = np.random.default_rng([AUGMENT_STREAM, self.seed, self.epoch, self.rank, batch])
+            yield self.augment(stored[take], rng, out(len(take))), labels[take]
 
     def sample_images(self, size: int, seed: int) -> np.ndarray:
         """A seeded uniform sample of up to ``size`` training rows' images (validation rows

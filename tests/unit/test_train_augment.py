@@ -79,7 +79,7 @@ def test_encoded_images_are_augmented_exactly_as_their_pixels(channels):
 
 
 def batches(stream: TrainStream, workers: int) -> list[np.ndarray]:
-    return [images for images, _ in batch_loader(stream, workers)]
+    return [images.copy() for images, _ in batch_loader(stream, workers)]  # a batch is valid until the next
 
 
 @pytest.mark.parametrize("workers", [0, 2])
