@@ -18,9 +18,10 @@ k // W of share k % W (shares differ by at most one batch, the larger ones first
 loader's workers then take the shares rotated by skip_batches, so the next batch comes first.
 
 Images stay in their stored form (snapshot pixels, or PNG/JPEG bytes) in the window; each batch
-is decoded, augmented (``Augment``: seeded by the batch's place in the rank's epoch, so a resumed
-run draws the same) and made a tensor in the worker that yields it: with loader workers, decoding
-runs in parallel and memory holds a window of encoded bytes, not of pixels.
+is decoded and augmented (``Augment``: seeded by the batch's place in the rank's epoch, so a
+resumed run draws the same) by the worker that yields it, each image written once, straight into
+a batch slot the training loop reads in place (ring.py): with loader workers, decoding runs in
+parallel and memory holds a window of encoded bytes, not of pixels.
 
 Validation (early stopping): rows whose id falls in the validation carve never enter the
 stream. A seeded uniform sample of at most VALIDATION_ROWS of them is held in memory once.
@@ -34,6 +35,7 @@ from collections.abc import Callable, Iterator
 
 import numpy as np
 import pyarrow as pa
+import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from components._shared.dataset import (
@@ -43,6 +45,7 @@ from components._shared.dataset import (
     bucket_cut,
     decode_encoded,
     decode_images,
+    decode_into,
     stable_buckets,
     stored_images,
 )
@@ -79,33 +82,30 @@ class Augment:
 
     def __call__(self, stored: np.ndarray, rng: np.random.Generator, out: np.ndarray | None = None) -> np.ndarray:
         """Rows of ``stored_images`` as an augmented uint8 (N, H, W, C) batch, in ``out`` if given."""
+        if out is None:
+            shape = decode_encoded(stored[0]).shape if stored.dtype == object else stored.shape[1:]
+            out = np.empty((len(stored), *shape), np.uint8)
         return fill_batch(stored, out, *self.draw(len(stored), rng))
 
 
-def fill_batch(stored: np.ndarray, out: np.ndarray | None, shifts: np.ndarray, flips: np.ndarray) -> np.ndarray:
-    """Rows of ``stored_images`` as one uint8 (N, H, W, C) batch in ``out`` (made if None): image i
-    moved by shifts[i] = (dy, dx) (out[y, x] = image[y + dy, x + dx], zero outside: torchvision's
-    pad-and-crop), then mirrored where flips[i]. Each image is decoded and written once, straight into
-    the batch. Encoded images are mirrored by Pillow before they become arrays, in C (mirroring
-    3-byte pixels in numpy costs two thirds of a decode); mirroring first turns the shift's x around.
-    Raises ValueError on an undecodable image or one of another shape than the batch's."""
-    encoded = stored.dtype == object
+def fill_batch(stored: np.ndarray, out: np.ndarray, shifts: np.ndarray, flips: np.ndarray) -> np.ndarray:
+    """Rows of ``stored_images`` as one uint8 (N, H, W, C) batch in ``out``: image i moved by
+    shifts[i] = (dy, dx) (out[y, x] = image[y + dy, x + dx], zero outside: torchvision's pad-and-crop),
+    then mirrored where flips[i]. An unshifted encoded image is decoded straight into the batch, a
+    shifted one into a scratch image first. Raises ValueError on an undecodable image or one of
+    another shape than the batch's."""
+    encoded, scratch = stored.dtype == object, np.empty(out.shape[1:], np.uint8)
     for i, (dy, dx) in enumerate(shifts.tolist()):
-        if encoded:
-            image = decode_encoded(stored[i], mirror=bool(flips[i]))
-            dx = -dx if flips[i] else dx
+        if not encoded:
+            if stored[i].shape != out.shape[1:]:
+                raise ValueError(f"an image of shape {stored[i].shape} among images of shape {out.shape[1:]}")
+            _place(stored[i], out[i], dy, dx)
+        elif dy or dx:
+            _place(decode_into(stored[i], scratch), out[i], dy, dx)
         else:
-            image = stored[i]
-        if out is None:
-            out = np.empty((len(stored), *image.shape), np.uint8)
-        elif image.shape != out.shape[1:]:
-            raise ValueError(f"an image of shape {image.shape} among images of shape {out.shape[1:]}")
-        _place(image, out[i], dy, dx)
-    if out is None:
-        return np.zeros((0, 1, 1, 1), np.uint8)
-    if not encoded and flips.any():
-        pixels = out.view(np.dtype((np.void, out.shape[-1])))  # whole pixels move
-        pixels[flips] = pixels[flips, :, ::-1]  # about 2x faster than mirroring the (..., C) uint8 array
+            decode_into(stored[i], out[i])
+        if flips[i]:
+            _mirror(out[i])
     return out
 
 
@@ -115,13 +115,17 @@ def _place(image: np.ndarray, target: np.ndarray, dy: int, dx: int) -> None:
         target[...] = image
         return
     h, w = image.shape[:2]
+    target[...] = 0  # one pass over a slot the image is about to be copied into: cheaper than four border slices
     target[max(-dy, 0) : h - max(dy, 0), max(-dx, 0) : w - max(dx, 0)] = image[
         max(dy, 0) : h - max(-dy, 0), max(dx, 0) : w - max(-dx, 0)
     ]
-    target[: max(-dy, 0)] = 0  # the rows and columns moved in from outside the image
-    target[h - max(dy, 0) :] = 0
-    target[:, : max(-dx, 0)] = 0
-    target[:, w - max(dx, 0) :] = 0
+
+
+def _mirror(image: np.ndarray) -> None:
+    """Mirrors an (H, W, C) image left-right in place. torch's flip kernel moves whole pixels: 6x
+    faster than numpy's reversed copy of 3-byte pixels and 2x faster than Pillow's transpose."""
+    pixels = torch.from_numpy(image)
+    pixels.copy_(pixels.flip(1))
 
 
 def _as_is(batch):
@@ -251,10 +255,11 @@ class TrainStream:
         return (worker.id + self.skip_batches) % worker.num_workers, worker.num_workers
 
     def worker_batches(
-        self, worker: int, workers: int, out: Callable[[int], np.ndarray | None] = lambda n: None
+        self, worker: int, workers: int, out: Callable[[int], np.ndarray] | None = None
     ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """One share's batches of the current epoch, in order (rows are rank-relative); each batch of n
-        images is written into ``out(n)`` (a new array if that is None)."""
+        images is written into ``out(n)`` (by default a new array)."""
+        out = out or (lambda n: np.empty((n, *self.image_shape), np.uint8))
         share = worker_share(self.batches_per_epoch, worker, workers)
         low, high = share.start * self.batch_size, min(share.stop * self.batch_size, self.rank_rows)
         resume_at = low + skipped_in_share(self.skip_batches, worker, workers) * self.batch_size
