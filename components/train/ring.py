@@ -3,10 +3,9 @@
 Through a worker's pipe, a batch is pickled, written, read in chunks and unpickled: 22 ms for 32
 images of 224x224x3 (0.7 ms an image, more than decoding it), most of it paid by the training
 process (docs/benchmarks.md). Instead each worker owns SLOTS batch-sized slots in one shared
-anonymous mapping, made once before the first workers are forked (each epoch's workers inherit
-it: no copy, and pages once touched stay mapped), and fills them in turn: it decodes a batch
-straight into its next slot and sends only the slot's number and the labels. The loop reads the
-images where they are. A slot is given back when the loop takes its next batch, so a batch is
+anonymous mapping, made before the workers are forked (they inherit it: no copy), and fills them
+in turn: it decodes a batch straight into its next slot and sends only the slot's number and the
+labels. The loop reads the images where they are. A slot is given back when the loop takes its next batch, so a batch is
 valid until then (copy it to keep it). Workers must be forked (FORK), not spawned: a spawned
 process would get a pickled copy, not the mapping.
 
@@ -33,18 +32,16 @@ PARENT_CHECK_SECONDS = 5.0  # a worker waiting for a slot checks this often that
 
 class BatchRing:
     """``workers`` x SLOTS uint8 slots of ``batch_shape`` (batch_size, H, W, C) in shared memory,
-    for one DataLoader of ``workers`` forked workers at a time (``start`` before each)."""
+    for one DataLoader of ``workers`` forked workers, kept across epochs; and the plan of the epoch
+    they make next. Between epochs every slot is free (the loop has given every batch back)."""
 
     def __init__(self, workers: int, batch_shape: tuple[int, ...]):
         self.workers, self.batch_shape = workers, tuple(batch_shape)
         shape = (workers, SLOTS, *batch_shape)
         self.memory = np.frombuffer(mmap.mmap(-1, int(np.prod(shape))), np.uint8).reshape(shape)  # MAP_SHARED
-        self.start()
-
-    def start(self) -> None:
-        """Every slot free, for a new DataLoader's workers (an earlier one's are gone)."""
-        self.free = [FORK.Semaphore(SLOTS) for _ in range(self.workers)]
-        self.taken = [0] * self.workers  # slots a worker has filled (its own copy of this list, after the fork)
+        self.plan = np.frombuffer(mmap.mmap(-1, 16), np.int64)  # (epoch, skip_batches): what workers make next
+        self.free = [FORK.Semaphore(SLOTS) for _ in range(workers)]
+        self.taken = [0] * workers  # slots a worker has filled (its own copy of this list, after the fork)
         self.parent = os.getpid()
 
     def slot_for(self, worker: int) -> Callable[[int], np.ndarray]:
@@ -72,8 +69,8 @@ class BatchRing:
         self.free[worker].release()
 
     def unblock(self) -> None:
-        """In the loop, when it stops reading early: lets every waiting worker through, so it sees
-        the DataLoader's shutdown instead of being killed after its timeout."""
+        """In the loop, when it stops reading mid-epoch and the workers are to go: lets every waiting
+        worker through, so it sees the DataLoader's shutdown instead of being killed after its timeout."""
         for free in self.free:
             for _ in range(SLOTS):
                 free.release()

@@ -29,6 +29,8 @@ stream. A seeded uniform sample of at most VALIDATION_ROWS of them is held in me
 
 from __future__ import annotations
 
+import copy
+import ctypes
 import dataclasses
 import functools
 from collections.abc import Callable, Iterator
@@ -91,34 +93,43 @@ class Augment:
 def fill_batch(stored: np.ndarray, out: np.ndarray, shifts: np.ndarray, flips: np.ndarray) -> np.ndarray:
     """Rows of ``stored_images`` as one uint8 (N, H, W, C) batch in ``out``: image i moved by
     shifts[i] = (dy, dx) (out[y, x] = image[y + dy, x + dx], zero outside: torchvision's pad-and-crop),
-    then mirrored where flips[i]. An unshifted encoded image is decoded straight into the batch, a
-    shifted one into a scratch image first. Raises ValueError on an undecodable image or one of
-    another shape than the batch's."""
-    encoded, scratch = stored.dtype == object, np.empty(out.shape[1:], np.uint8)
+    then mirrored where flips[i]. Each image is decoded (or copied) straight into the batch and moved
+    there. Raises ValueError on an undecodable image or one of another shape than the batch's."""
+    if not out.flags.c_contiguous:
+        raise ValueError("the batch must be one C-contiguous buffer: images are moved in it as flat bytes")
     for i, (dy, dx) in enumerate(shifts.tolist()):
-        if not encoded:
-            if stored[i].shape != out.shape[1:]:
-                raise ValueError(f"an image of shape {stored[i].shape} among images of shape {out.shape[1:]}")
-            _place(stored[i], out[i], dy, dx)
-        elif dy or dx:
-            _place(decode_into(stored[i], scratch), out[i], dy, dx)
-        else:
+        if stored.dtype == object:
             decode_into(stored[i], out[i])
+        elif stored[i].shape == out.shape[1:]:
+            out[i] = stored[i]
+        else:
+            raise ValueError(f"an image of shape {stored[i].shape} among images of shape {out.shape[1:]}")
+        _shift(out[i], dy, dx)
         if flips[i]:
             _mirror(out[i])
     return out
 
 
-def _place(image: np.ndarray, target: np.ndarray, dy: int, dx: int) -> None:
-    """target[y, x] = image[y + dy, x + dx], zero where that is outside the image."""
+def _shift(image: np.ndarray, dy: int, dx: int) -> None:
+    """image[y, x] = image[y + dy, x + dx] in place, zero where that falls outside the image. In the
+    flat buffer that is one move by (dy * W + dx) pixels (a memmove, ~5% of a 224x224 decode; numpy
+    would copy through a temporary): the pixels it wraps from a neighbouring row into a border
+    column are the ones zeroed with the border."""
+    h, w, c = image.shape
     if not (dy or dx):
-        target[...] = image
         return
-    h, w = image.shape[:2]
-    target[...] = 0  # one pass over a slot the image is about to be copied into: cheaper than four border slices
-    target[max(-dy, 0) : h - max(dy, 0), max(-dx, 0) : w - max(dx, 0)] = image[
-        max(dy, 0) : h - max(-dy, 0), max(dx, 0) : w - max(-dx, 0)
-    ]
+    if abs(dy) >= h or abs(dx) >= w:  # moved out entirely
+        image[...] = 0
+        return
+    offset, size, base = (dy * w + dx) * c, image.nbytes, image.ctypes.data
+    if offset > 0:
+        ctypes.memmove(base, base + offset, size - offset)
+    elif offset < 0:
+        ctypes.memmove(base - offset, base, size + offset)
+    image[h - max(dy, 0) :] = 0
+    image[: max(-dy, 0)] = 0
+    image[:, w - max(dx, 0) :] = 0
+    image[:, : max(-dx, 0)] = 0
 
 
 def _mirror(image: np.ndarray) -> None:
@@ -133,24 +144,39 @@ def _as_is(batch):
 
 
 def batch_loader(stream: TrainStream, workers: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """The stream's batches, made by ``workers`` DataLoader processes (0: in the caller). Workers
-    hand batches over through a BatchRing (ring.py): a batch is valid until the next one is taken."""
+    """The stream's batches of its current epoch, made by ``workers`` DataLoader processes (0: in the
+    caller). Workers hand batches over through a BatchRing (ring.py): a batch is valid until the next
+    one is taken. They live across epochs (a fork of the training process and a cold start of its
+    allocators cost ~0.1 s an epoch); an epoch left half-read stops them."""
     if not workers:
-        yield from stream.worker_batches(0, 1)
+        batch = np.empty((stream.batch_size, *stream.image_shape), np.uint8)  # reused: fresh pages cost a fault each
+        yield from stream.worker_batches(0, 1, out=lambda n: batch[:n])
         return
-    ring = stream.ring(workers)
-    loader = DataLoader(
-        _RingFed(stream, ring), batch_size=None, num_workers=workers, collate_fn=_as_is, multiprocessing_context=FORK
-    )
-    held = None
+    loader = stream.worker_loader(workers)
+    loader.ring.plan[:] = stream.epoch, stream.skip_batches  # read by each worker as it starts the epoch
+    loader.reading, held = True, None
     try:
-        for worker, slot, labels in loader:
+        for worker, slot, labels in loader.loader:
             if held is not None:
-                ring.give_back(held)
+                loader.ring.give_back(held)
             held = worker
-            yield ring.images(worker, slot, len(labels)), labels
+            yield loader.ring.images(worker, slot, len(labels)), labels
+        if held is not None:
+            loader.ring.give_back(held)  # every slot free for the next epoch
+        loader.reading = False
     finally:
-        ring.unblock()
+        if loader.reading:  # left half-read (or failed): its slots are not all free
+            stream.stop_workers(loader)
+
+
+@dataclasses.dataclass
+class _WorkerLoader:
+    """A DataLoader with persistent workers writing into a BatchRing; ``reading`` while an epoch is
+    being read."""
+
+    ring: BatchRing
+    loader: DataLoader
+    reading: bool = False
 
 
 class _RingFed(IterableDataset):
@@ -160,6 +186,7 @@ class _RingFed(IterableDataset):
         self.stream, self.ring = stream, ring
 
     def __iter__(self) -> Iterator[tuple[int, int, np.ndarray]]:
+        self.stream.set_epoch(*self.ring.plan.tolist())
         worker = get_worker_info()
         share, shares = self.stream.loader_share(worker)
         batches = self.stream.worker_batches(share, shares, out=self.ring.slot_for(worker.id))
@@ -224,7 +251,7 @@ class TrainStream:
                 hint="add data or train on fewer ranks",
             )
         self.epoch, self.skip_batches = 0, 0
-        self._ring: BatchRing | None = None
+        self._loader: _WorkerLoader | None = None
 
     @property
     def batches_per_epoch(self) -> int:
@@ -241,13 +268,34 @@ class TrainStream:
             group = next(g for g, rows in enumerate(split.group_rows) if rows)
             return decode_images(split.read_group(group, [IMAGE]).slice(0, 1)).shape[1:]
 
-    def ring(self, workers: int) -> BatchRing:
-        """The handover slots for ``workers`` loader workers, started afresh: made once and kept
-        across epochs (each epoch's DataLoader forks new workers, which inherit them)."""
-        if self._ring is None or self._ring.workers != workers:
-            self._ring = BatchRing(workers, (self.batch_size, *self.image_shape))
-        self._ring.start()
-        return self._ring
+    def worker_loader(self, workers: int) -> _WorkerLoader:
+        """The loader of ``workers`` persistent workers, made on first use and kept across epochs; made
+        afresh if the count changed or the last epoch was left half-read (its slots are not free)."""
+        loader = self._loader
+        if loader is None or loader.ring.workers != workers or loader.reading:
+            self.stop_workers()
+            ring = BatchRing(workers, (self.batch_size, *self.image_shape))
+            fed = copy.copy(self)  # without this loader: no cycle, so dropping it stops the workers at once
+            fed._loader = None
+            data = DataLoader(
+                _RingFed(fed, ring),
+                batch_size=None,
+                num_workers=workers,
+                collate_fn=_as_is,
+                multiprocessing_context=FORK,
+                persistent_workers=True,
+            )
+            self._loader = loader = _WorkerLoader(ring, data)
+        return loader
+
+    def stop_workers(self, loader: _WorkerLoader | None = None) -> None:
+        """Lets go of the persistent loader (``loader``, if given and still this stream's): its
+        workers are shut down once nothing reads from it."""
+        loader = loader or self._loader
+        if loader is not None:
+            loader.ring.unblock()  # a worker waiting for a slot sees the shutdown at once
+        if loader is self._loader:
+            self._loader = None
 
     def loader_share(self, worker) -> tuple[int, int]:
         """(share, shares): which of the epoch's shares a DataLoader worker (``get_worker_info()``) makes.

@@ -14,7 +14,7 @@ from torchvision.transforms.v2 import functional as tvf
 
 from components._shared.errors import ConfigError
 from components.train.config import TrainConfig
-from components.train.stream import Augment, TrainStream, batch_loader
+from components.train.stream import Augment, TrainStream, batch_loader, fill_batch
 from tests.helpers import encode_images, train_in_process, write_encoded_split
 from tests.unit.test_train_stream import numbered_snapshot, numbers, peak_bytes
 
@@ -55,6 +55,18 @@ def test_crop_is_torchvisions_zero_pad_then_crop_at_the_drawn_offset(pad):
         assert torch.equal(chw(o), tvf.crop(padded, pad + dy, pad + dx, SIDE, SIDE))
 
 
+def test_every_shift_of_an_image_is_torchvisions_pad_and_crop_even_past_its_edges():
+    """Each (dy, dx) with |dy| <= H and |dx| <= W, on a non-square image: the in-place move of the
+    flat buffer must zero exactly the pixels that wrapped across a row."""
+    image = gradient()[0, :5, :7]
+    batch = np.empty((1, *image.shape), np.uint8)
+    for dy in range(-5, 6):
+        for dx in range(-7, 8):
+            fill_batch(image[None], batch, np.array([[dy, dx]]), np.zeros(1, bool))
+            padded = tvf.pad(chw(image), [7], fill=0)
+            assert torch.equal(chw(batch[0]), tvf.crop(padded, 7 + dy, 7 + dx, 5, 7)), (dy, dx)
+
+
 def test_augmentation_is_seeded_and_off_is_the_identity():
     images, both = gradient(), Augment(flip=True, crop_pad=2)
     first = both(images.copy(), np.random.default_rng(7))
@@ -67,7 +79,7 @@ def test_augmentation_is_seeded_and_off_is_the_identity():
 
 @pytest.mark.parametrize("channels", [3, 1])
 def test_encoded_images_are_augmented_exactly_as_their_pixels(channels):
-    """PNG bytes go through Pillow's crop and mirror, pixels through numpy: the same draws give the same images."""
+    """PNG bytes are decoded into the batch, pixels copied into it: the same draws give the same images."""
     images = np.ascontiguousarray(gradient()[..., :channels])
     encoded = np.empty(N, dtype=object)
     encoded[:] = encode_images(images)

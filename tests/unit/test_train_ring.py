@@ -77,3 +77,35 @@ def _alive(pid: int) -> bool:
         return False
     with open(f"/proc/{pid}/stat") as stat:  # an exited child of a dead parent is reaped by init; until then a zombie
         return stat.read().split(")")[1].split()[0] != "Z"
+
+
+def test_workers_live_across_epochs_and_make_the_epoch_they_are_told(local_store):
+    stream = TrainStream(local_store, numbered_snapshot(local_store, batches=3, rows=100), batch_size=16)
+    epochs, workers = {}, []
+    for epoch in (1, 2, 1):
+        stream.set_epoch(epoch)
+        epochs.setdefault(epoch, []).append([numbers(images) for images, _ in batch_loader(stream, 2)])
+        workers.append(sorted(p.pid for p in multiprocessing.active_children()))
+        stream.set_epoch(epoch)
+        assert sorted(sum(epochs[epoch][-1], [])) == sorted(n for x, _ in batch_loader(stream, 0) for n in numbers(x))
+    assert len(workers[0]) == 2 and workers[0] == workers[1] == workers[2]  # forked once
+    assert epochs[1][0] == epochs[1][1] != epochs[2][0]  # each epoch its own seeded order, repeatable
+    stream.stop_workers()
+    assert multiprocessing.active_children() == []
+
+
+def test_an_epoch_left_half_read_does_not_hold_up_the_next(local_store):
+    stream = TrainStream(local_store, numbered_snapshot(local_store, batches=3, rows=100), batch_size=8)
+    abandoned = batch_loader(stream, 2)
+    next(abandoned)  # kept, not closed: its workers hold slots the loop never gives back
+    old = pids()
+    assert sum(len(labels) for _, labels in batch_loader(stream, 2)) == stream.rows
+    current = pids() - old
+    abandoned.close()  # stops its own workers, not the current ones
+    assert pids() == current and len(current) == 2
+    assert sum(len(labels) for _, labels in batch_loader(stream, 2)) == stream.rows
+    assert pids() == current
+
+
+def pids() -> set[int]:
+    return {p.pid for p in multiprocessing.active_children()}
