@@ -350,6 +350,15 @@ class _Loop:
 
     def run(self, fault: FaultPlan | None) -> Progress:
         progress = self._resume() or Progress()
+        try:
+            self._epochs(progress, fault)
+        finally:
+            self.stream.stop_workers()  # the loader's workers live across epochs, not past the run
+        if self.best_state:
+            self.model.load_state_dict(self.best_state)
+        return progress
+
+    def _epochs(self, progress: Progress, fault: FaultPlan | None) -> None:
         first_epoch = progress.step // self.steps_per_epoch
         for epoch in range(first_epoch, self.config.epochs):
             if progress.stopped_early:
@@ -364,9 +373,6 @@ class _Loop:
                     self._save(progress)
                 if fault:
                     fault.after_step(progress.step, self.info.rank)
-        if self.best_state:
-            self.model.load_state_dict(self.best_state)
-        return progress
 
     def _batches(self, epoch: int, skip_steps: int):
         """This rank's batches of ``epoch`` in the seeded order, after the first ``skip_steps``
