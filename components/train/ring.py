@@ -5,9 +5,9 @@ images of 224x224x3 (0.7 ms an image, more than decoding it), most of it paid by
 process (docs/benchmarks.md). Instead each worker owns SLOTS batch-sized slots in one shared
 anonymous mapping, made before the workers are forked (they inherit it: no copy), and fills them
 in turn: it decodes a batch straight into its next slot and sends only the slot's number and the
-labels. The loop reads the images where they are. A slot is given back when the loop takes its next batch, so a batch is
-valid until then (copy it to keep it). Workers must be forked (FORK), not spawned: a spawned
-process would get a pickled copy, not the mapping.
+labels. The loop reads the images where they are. A slot is given back when the loop takes its
+next batch, so a batch is valid until then (copy it to keep it). Workers must be forked (FORK),
+not spawned: a spawned process would get a pickled copy, not the mapping.
 
 A worker takes a slot only when one is free (a semaphore per worker counts them). The loop reads
 each worker's batches in the order it made them and gives back the oldest first, so the slot a
