@@ -280,9 +280,9 @@ def stored_images(table: pa.Table) -> np.ndarray:
     return encoded
 
 
-def decode_encoded(data: bytes | None, mirror: bool = False) -> np.ndarray:
-    """PNG/JPEG bytes as (H, W, C) uint8 (L or RGB), mirrored left-right by Pillow if asked.
-    Raises ValueError (or OSError) on bytes that are not an image it accepts."""
+def decode_encoded(data: bytes | None) -> np.ndarray:
+    """PNG/JPEG bytes as (H, W, C) uint8 (L or RGB). Raises ValueError (or OSError) on bytes that
+    are not an image it accepts."""
     from PIL import Image
 
     if not data:
@@ -292,7 +292,7 @@ def decode_encoded(data: bytes | None, mirror: bool = False) -> np.ndarray:
             raise ValueError(f"image of {img.width}x{img.height} exceeds {MAX_IMAGE_PIXELS} pixels")
         if img.mode not in ("L", "RGB"):  # convert() copies even an image already in its mode
             img = img.convert("L" if img.mode in ("P", "1", "I", "F") else "RGB")
-        array = np.asarray(img.transpose(Image.Transpose.FLIP_LEFT_RIGHT) if mirror else img)
+        array = np.asarray(img)
     return array[..., None] if array.ndim == 2 else array
 
 
@@ -318,10 +318,15 @@ def decode_into(data: bytes | None, target: np.ndarray) -> np.ndarray:
         if (height, width) == target.shape[:2] and source in sources:
             return simplejpeg.decode_jpeg(data, colorspace, buffer=target).reshape(target.shape)
     image = decode_encoded(data)
-    if image.shape != target.shape:
-        raise ValueError(f"an image of shape {image.shape} among images of shape {target.shape}")
+    check_image_shape(image.shape, target.shape)
     target[...] = image
     return target
+
+
+def check_image_shape(shape: tuple[int, ...], batch_shape: tuple[int, ...]) -> None:
+    """Raises ValueError if an image of ``shape`` cannot join a batch of ``batch_shape`` images."""
+    if shape != batch_shape:
+        raise ValueError(f"an image of shape {shape} among images of shape {batch_shape}")
 
 
 def check_batch_table(

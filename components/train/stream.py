@@ -45,6 +45,7 @@ from components._shared.dataset import (
     IMAGE,
     LABEL,
     bucket_cut,
+    check_image_shape,
     decode_encoded,
     decode_images,
     decode_into,
@@ -76,13 +77,15 @@ class Augment:
     def active(self) -> bool:
         return self.flip or self.crop_pad > 0
 
-    def draw(self, n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-        """Each image's shift (dy, dx) and whether it is mirrored."""
+    def draw(self, n: int, rng: np.random.Generator | None) -> tuple[np.ndarray, np.ndarray]:
+        """Each image's shift (dy, dx) and whether it is mirrored (``rng`` may be None when inactive)."""
         pad = self.crop_pad
         shifts = rng.integers(-pad, pad + 1, size=(n, 2)) if pad else np.zeros((n, 2), np.int64)
         return shifts, rng.random(n) < 0.5 if self.flip else np.zeros(n, bool)
 
-    def __call__(self, stored: np.ndarray, rng: np.random.Generator, out: np.ndarray | None = None) -> np.ndarray:
+    def __call__(
+        self, stored: np.ndarray, rng: np.random.Generator | None, out: np.ndarray | None = None
+    ) -> np.ndarray:
         """Rows of ``stored_images`` as an augmented uint8 (N, H, W, C) batch, in ``out`` if given."""
         if out is None:
             shape = decode_encoded(stored[0]).shape if stored.dtype == object else stored.shape[1:]
@@ -100,10 +103,9 @@ def fill_batch(stored: np.ndarray, out: np.ndarray, shifts: np.ndarray, flips: n
     for i, (dy, dx) in enumerate(shifts.tolist()):
         if stored.dtype == object:
             decode_into(stored[i], out[i])
-        elif stored[i].shape == out.shape[1:]:
-            out[i] = stored[i]
         else:
-            raise ValueError(f"an image of shape {stored[i].shape} among images of shape {out.shape[1:]}")
+            check_image_shape(stored[i].shape, out.shape[1:])
+            out[i] = stored[i]
         _shift(out[i], dy, dx)
         if flips[i]:
             _mirror(out[i])
@@ -333,9 +335,14 @@ class TrainStream:
         order = rng.permutation(len(labels))
         for first in range(skip_rows, len(order), self.batch_size):
             take = order[first : first + self.batch_size]
-            batch = (start + first) // self.batch_size  # the same draw however the epoch is split or resumed
-            rng = np.random.default_rng([AUGMENT_STREAM, self.seed, self.epoch, self.rank, batch])
-            yield self.augment(stored[take], rng, out(len(take))), labels[take]
+            yield self.augment(stored[take], self._draws(start + first), out(len(take))), labels[take]
+
+    def _draws(self, row: int) -> np.random.Generator | None:
+        """The augmentation's random source for the batch starting at the rank's epoch row ``row``:
+        the same draw however the epoch is split or resumed (None when there is nothing to draw)."""
+        if not self.augment.active:
+            return None
+        return np.random.default_rng([AUGMENT_STREAM, self.seed, self.epoch, self.rank, row // self.batch_size])
 
     def sample_images(self, size: int, seed: int) -> np.ndarray:
         """A seeded uniform sample of up to ``size`` training rows' images (validation rows
